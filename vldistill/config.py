@@ -1,0 +1,262 @@
+"""Structured run configuration: dataclasses grouped by stage, loaded with omegaconf.
+
+A run is described by one YAML file plus `key=value` overrides (`distill.rank=20`).
+Unknown keys, wrong types and impossible values are user errors: they raise `ConfigError`
+with one line that says what to fix.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A configuration a user wrote is wrong; the message says how to fix it."""
+
+
+@dataclass
+class DataConfig:
+    name: str = "shapes"                  # shapes | karpathy | coco | folder
+    image_root: Optional[str] = None      # folder the image paths in the annotations are relative to
+    ann_root: Optional[str] = None        # folder holding train/val/test annotation files
+    train_json: Optional[str] = None      # annotation file names (relative to ann_root, or absolute)
+    val_json: Optional[str] = None
+    test_json: Optional[str] = None
+    image_size: int = 32                  # square side the towers see
+    max_words: int = 30                   # captions are truncated to this many words
+    no_aug: bool = True                   # turn off train-time augmentation of real images
+    skip_bad_images: bool = False         # skip (and count) unreadable images instead of failing
+    num_workers: int = 0                  # DataLoader workers for real images
+    # the embedded "shapes" dataset
+    shapes_train: int = 10_000            # train images (5 captions each)
+    shapes_val: int = 500
+    shapes_test: int = 1_000
+    shapes_seed: int = 0                  # the dataset is a pure function of this seed and sizes
+
+    def __post_init__(self) -> None:
+        _positive(self, "image_size", "max_words", "shapes_train", "shapes_val", "shapes_test")
+        if self.num_workers < 0:
+            raise ConfigError("data.num_workers must be >= 0")
+
+
+@dataclass
+class ModelConfig:
+    image_tower: str = "convnet"          # registry name: convnet | timm:NAME | open_clip:NAME
+    pretrained_path: Optional[str] = None # local weights for the image tower (nothing is downloaded)
+    convnet_width: int = 64
+    convnet_depth: int = 3
+    text_tower: str = "minilm"            # minilm | st:DIR | hf:DIR | open_clip:NAME
+    text_batch_size: int = 256            # captions per forward pass when filling the cache
+    head_dropout: float = 0.0             # dropout inside the text projection head
+    temperature: float = 0.07             # logits = cos / temperature
+
+    def __post_init__(self) -> None:
+        _positive(self, "convnet_width", "convnet_depth", "text_batch_size", "temperature")
+        if not 0.0 <= self.head_dropout < 1.0:
+            raise ConfigError("model.head_dropout must be in [0, 1)")
+
+
+@dataclass
+class BufferConfig:
+    num_experts: int = 3
+    epochs: int = 3                       # expert training epochs (one snapshot after each)
+    lr_teacher: float = 0.1               # expert SGD lr (image tower and text head)
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    batch_size: int = 128
+    store_all_epochs: bool = False        # False: keep only epochs distillation can use
+    dir: Optional[str] = None             # trajectory store; default RUN_DIR/buffer (share it across runs)
+
+    def __post_init__(self) -> None:
+        _positive(self, "num_experts", "epochs", "batch_size")
+        _non_negative(self, "lr_teacher", "momentum", "weight_decay")
+
+
+@dataclass
+class DistillConfig:
+    n_pairs: int = 100
+    iterations: int = 300
+    syn_steps: int = 8                    # T: student steps on the synthetic set per iteration
+    expert_epochs: int = 1                # M: target snapshot is start + M
+    min_start_epoch: int = 0
+    max_start_epoch: int = 2              # start epoch drawn from [min_start_epoch, max_start_epoch)
+    mini_batch: int = 20                  # synthetic pairs per student step
+    sim_kind: str = "lowrank"             # lowrank | full | identity
+    rank: int = 10
+    alpha: float = 3.0
+    loss: str = "infonce"                 # infonce | ence | bce | wbce | kl | mse | cwcl
+    init: str = "real"                    # real | noise (images and texts)
+    lr_teacher: float = 0.1               # initial value of the learnable student lrs
+    learn_lr: bool = True
+    lr_param: str = "linear"              # linear (clamped at min_lr) | log (always positive)
+    min_lr: float = 1e-4
+    lr_img: float = 1000.0                # lr of the synthetic images
+    lr_txt: float = 1.0                   # lr of the synthetic text embeddings
+    lr_lr: float = 1e-5                   # lr of the learnable student lrs
+    lr_sim: float = 0.1                   # lr of the similarity parameters
+    momentum_syn: float = 0.5
+    momentum_lr: float = 0.5
+    momentum_sim: float = 0.5
+    merge_branches: bool = False          # one matching ratio over both branches
+    ema_decay: float = 0.0                # >0: keep an EMA of the set and export it
+    checkpoint_every: int = 100
+    max_bad_steps: int = 5                # consecutive non-finite iterations before the run stops
+    resume: bool = False
+
+    def __post_init__(self) -> None:
+        _positive(self, "n_pairs", "iterations", "syn_steps", "expert_epochs", "mini_batch",
+                  "rank", "checkpoint_every", "max_bad_steps", "lr_teacher", "min_lr")
+        _non_negative(self, "lr_img", "lr_txt", "lr_lr", "lr_sim", "momentum_syn",
+                      "momentum_lr", "momentum_sim", "min_start_epoch")
+        _choice(self, "sim_kind", ("lowrank", "full", "identity"))
+        _choice(self, "loss", ("infonce", "ence", "bce", "wbce", "kl", "mse", "cwcl"))
+        _choice(self, "init", ("real", "noise"))
+        _choice(self, "lr_param", ("linear", "log"))
+        if self.max_start_epoch <= self.min_start_epoch:
+            raise ConfigError("distill.max_start_epoch must be > distill.min_start_epoch "
+                              "(start epochs are drawn from [min, max))")
+        if self.mini_batch > self.n_pairs:
+            raise ConfigError(f"distill.mini_batch ({self.mini_batch}) must be <= distill.n_pairs "
+                              f"({self.n_pairs})")
+        if self.sim_kind == "lowrank" and self.rank > self.n_pairs:
+            raise ConfigError(f"distill.rank ({self.rank}) must be <= distill.n_pairs ({self.n_pairs})")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError("distill.ema_decay must be in [0, 1)")
+
+    @property
+    def last_epoch_used(self) -> int:
+        """Latest expert snapshot that distillation can read."""
+        return self.max_start_epoch - 1 + self.expert_epochs
+
+
+@dataclass
+class EvalConfig:
+    num_eval: int = 3                     # seeds (fresh students) per method
+    epochs: int = 100                     # training epochs on the distilled / coreset set
+    full_epochs: int = 3                  # epochs for the `full` (all training data) upper bound
+    batch_size: int = 100                 # mini-batch on the set (>= n_pairs: full batch)
+    lr: Optional[float] = None            # None: the set's learned lrs (buffer.lr_teacher for coresets)
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    val_every: int = 10                   # evaluate on val every k epochs (epoch selection)
+    selection: str = "val"                # val | test (the reference's best-on-test; labelled so)
+    methods: list[str] = field(default_factory=lambda: ["lors", "baseline", "random", "full"])
+
+    def __post_init__(self) -> None:
+        _positive(self, "num_eval", "epochs", "full_epochs", "batch_size", "val_every")
+        _choice(self, "selection", ("val", "test"))
+        known = ("lors", "baseline", "random", "herding", "kcenter", "full")
+        for m in self.methods:
+            if m not in known:
+                raise ConfigError(f"eval.methods: unknown method {m!r}; known: {', '.join(known)}")
+        if self.lr is not None and self.lr <= 0:
+            raise ConfigError("eval.lr must be > 0 (or null to use the learned lrs)")
+
+
+@dataclass
+class Config:
+    run_dir: str = "runs/default"
+    seed: int = 0
+    device: str = "auto"                  # auto | cpu | cuda | cuda:N
+    threads: int = 0                      # torch.set_num_threads; 0 leaves torch's default
+    cache_dir: Optional[str] = None       # text-embedding cache; default ~/.cache/vldistill
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    buffer: BufferConfig = field(default_factory=BufferConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, not {self.device!r}")
+        last = self.distill.last_epoch_used
+        if last > self.buffer.epochs:
+            raise ConfigError(
+                f"distill.max_start_epoch - 1 + distill.expert_epochs = {last} exceeds "
+                f"buffer.epochs = {self.buffer.epochs}: train experts longer or lower the start epoch")
+
+
+def _positive(obj: Any, *names: str) -> None:
+    for name in names:
+        if getattr(obj, name) <= 0:
+            raise ConfigError(f"{_section(obj)}{name} must be > 0, got {getattr(obj, name)}")
+
+
+def _non_negative(obj: Any, *names: str) -> None:
+    for name in names:
+        if getattr(obj, name) < 0:
+            raise ConfigError(f"{_section(obj)}{name} must be >= 0, got {getattr(obj, name)}")
+
+
+def _choice(obj: Any, name: str, options: tuple[str, ...]) -> None:
+    if getattr(obj, name) not in options:
+        raise ConfigError(f"{_section(obj)}{name} must be one of {', '.join(options)}; "
+                          f"got {getattr(obj, name)!r}")
+
+
+_SECTIONS = {"DataConfig": "data.", "ModelConfig": "model.", "BufferConfig": "buffer.",
+             "DistillConfig": "distill.", "EvalConfig": "eval."}
+
+
+def _section(obj: Any) -> str:
+    return _SECTIONS.get(type(obj).__name__, "")
+
+
+def _all_keys(node: Any, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in node.items():
+        full = f"{prefix}{key}"
+        keys.append(full)
+        if isinstance(value, (dict, DictConfig)):
+            keys.extend(_all_keys(value, full + "."))
+    return keys
+
+
+def _unknown_key_message(bad: str) -> str:
+    valid = _all_keys(OmegaConf.to_container(OmegaConf.structured(Config)))
+    close = difflib.get_close_matches(bad, valid, n=1, cutoff=0.5)
+    leaf = bad.rsplit(".", 1)[-1]
+    if not close:
+        close = [k for k in valid if k.rsplit(".", 1)[-1] == leaf][:1]
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown config key {bad!r}{hint}"
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Merge defaults, a YAML file and `key=value` overrides into a validated `Config`."""
+    schema = OmegaConf.structured(Config)
+    layers = [schema]
+    try:
+        if path is not None:
+            path = Path(path)
+            if not path.is_file():
+                raise ConfigError(f"config file {str(path)!r} not found")
+            layers.append(OmegaConf.load(path))
+        for item in overrides or []:
+            if "=" not in item:
+                raise ConfigError(f"override {item!r} is not of the form key=value")
+        layers.append(OmegaConf.from_dotlist(list(overrides or [])))
+        merged = OmegaConf.merge(*layers)
+        return OmegaConf.to_object(merged)
+    except ConfigKeyError as err:
+        key = getattr(err, "full_key", None) or str(err).split("'")[1]
+        raise ConfigError(_unknown_key_message(str(key))) from None
+    except ConfigError:
+        raise
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", "?")
+        reason = str(err).splitlines()[0]
+        raise ConfigError(f"config key {key!r}: {reason}") from None
+
+
+def to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def from_yaml_text(text: str) -> Config:
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(text)))

@@ -1,0 +1,106 @@
+"""Caption splits: images, their captions, and the maps between them.
+
+Every dataset (shapes, Karpathy JSON, COCO, a user's folder) is turned into the same
+three `CaptionSplit`s, so the stages never care where the data came from.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+
+import torch
+
+_PUNCTUATION = re.compile(r"[.!\"()*#:;~,?]")
+_SPACES = re.compile(r"\s{2,}")
+
+
+def normalize_caption(caption: str, max_words: int = 30) -> str:
+    """Lower-case, drop punctuation, squeeze spaces, keep at most `max_words` words (as the reference)."""
+    text = _PUNCTUATION.sub(" ", caption.lower())
+    text = _SPACES.sub(" ", text).strip()
+    return " ".join(text.split(" ")[:max_words])
+
+
+class ImageSource(Protocol):
+    """Indexable images: `source[i]` is a normalized float tensor (3, H, W)."""
+
+    def __len__(self) -> int: ...
+
+    def get_batch(self, indices: torch.Tensor, train: bool = False) -> torch.Tensor: ...
+
+
+@dataclass
+class TensorImages:
+    """Images held in memory as uint8 (N, 3, H, W), normalized on the way out."""
+
+    pixels: torch.Tensor                # (N, 3, H, W) uint8
+    mean: Sequence[float]
+    std: Sequence[float]
+
+    def __post_init__(self) -> None:
+        self._mean = torch.tensor(self.mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self._std = torch.tensor(self.std, dtype=torch.float32).view(1, 3, 1, 1)
+
+    def __len__(self) -> int:
+        return self.pixels.shape[0]
+
+    def get_batch(self, indices: torch.Tensor, train: bool = False) -> torch.Tensor:
+        return (self.pixels[indices].float() / 255.0 - self._mean) / self._std
+
+
+@dataclass
+class CaptionSplit:
+    """One split. Captions are normalized; `caption_image[j]` is the image of caption j."""
+
+    images: ImageSource
+    captions: list[str]
+    caption_image: torch.Tensor         # (n_captions,) long: txt2img
+    image_names: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if len(self.captions) != len(self.caption_image):
+            raise ValueError("captions and caption_image differ in length")
+
+    @property
+    def n_images(self) -> int:
+        return len(self.images)
+
+    @property
+    def txt2img(self) -> torch.Tensor:
+        return self.caption_image
+
+    @property
+    def img2txt(self) -> list[list[int]]:
+        """Caption indices of each image (any number per image, possibly none)."""
+        out: list[list[int]] = [[] for _ in range(self.n_images)]
+        for j, i in enumerate(self.caption_image.tolist()):
+            out[i].append(j)
+        return out
+
+
+@dataclass
+class CaptionDataset:
+    """The three splits of a dataset plus what describes it."""
+
+    name: str
+    train: CaptionSplit
+    val: CaptionSplit
+    test: CaptionSplit
+    mean: tuple[float, float, float]    # normalization the images were given
+    std: tuple[float, float, float]
+    image_size: int
+
+    @property
+    def fingerprint(self) -> str:
+        """Stable id of the training data: trajectories and sets made on other data are refused."""
+        h = hashlib.sha256()
+        h.update(self.name.encode())
+        h.update(str(self.image_size).encode())
+        h.update(str(self.train.n_images).encode())
+        for caption in self.train.captions:
+            h.update(caption.encode())
+            h.update(b"\0")
+        h.update(self.train.caption_image.numpy().tobytes())
+        return h.hexdigest()[:16]

@@ -1,0 +1,118 @@
+"""Trainable image towers, by name, through a registry.
+
+`create_image_tower("convnet", image_size=32)`, `create_image_tower("timm:nfnet_l0", 224)`.
+Every tower exposes `num_features` (the width of its output vector) so heads are sized from
+the model, never from a table. Add a tower with one decorated function::
+
+    @register_image_tower("mytower", example="mytower")
+    def _mytower(arg: str, image_size: int, pretrained_path: str | None, **kw) -> nn.Module: ...
+
+Nothing is downloaded: pretrained weights come from `pretrained_path`, a local file.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+
+@dataclass
+class _Entry:
+    build: Callable[..., nn.Module]
+    example: str        # a small instance that tests build, e.g. "timm:resnet10t"
+
+
+_IMAGE_TOWERS: dict[str, _Entry] = {}
+
+
+def register_image_tower(prefix: str, example: str | None = None):
+    """Decorator: `create_image_tower("PREFIX:ARG", ...)` calls `fn(ARG, image_size, pretrained_path, **kw)`."""
+    def wrap(fn: Callable[..., nn.Module]):
+        _IMAGE_TOWERS[prefix] = _Entry(fn, example or prefix)
+        return fn
+    return wrap
+
+
+def list_image_towers() -> list[str]:
+    return sorted(_IMAGE_TOWERS)
+
+
+def example_image_towers() -> list[str]:
+    """One small, buildable name per registered tower family (tests parametrize over these)."""
+    return [_IMAGE_TOWERS[k].example for k in list_image_towers()]
+
+
+def create_image_tower(name: str, image_size: int, pretrained_path: str | None = None,
+                       **kwargs) -> nn.Module:
+    """Build an image tower by registry name.
+
+    Args:
+        name: `convnet`, `timm:MODEL`, `open_clip:MODEL`, or any registered prefix.
+        image_size: side of the square input images.
+        pretrained_path: local weights file; None keeps the random initialization.
+        **kwargs: tower-specific options (e.g. `width`, `depth` for convnet).
+
+    Returns:
+        An `nn.Module` mapping (B, 3, H, W) to (B, num_features), with `.num_features` set.
+    """
+    prefix, _, arg = name.partition(":")
+    if prefix not in _IMAGE_TOWERS:
+        raise ValueError(f"unknown image tower {name!r}; known: {', '.join(list_image_towers())}")
+    if pretrained_path is not None and not Path(pretrained_path).expanduser().is_file():
+        raise FileNotFoundError(f"model.pretrained_path {pretrained_path!r} not found: put the "
+                                f"{name} weights file there or set model.pretrained_path=null")
+    tower = _IMAGE_TOWERS[prefix].build(arg, image_size, pretrained_path, **kwargs)
+    assert hasattr(tower, "num_features"), f"{name} did not set num_features"
+    return tower
+
+
+class ConvNet(nn.Module):
+    """The ConvNet of trajectory-matching papers: depth x [conv3x3 - instancenorm - relu - avgpool2]."""
+
+    def __init__(self, image_size: int, width: int = 64, depth: int = 3, in_channels: int = 3):
+        super().__init__()
+        if image_size % (2 ** depth):
+            raise ValueError(f"convnet: image_size {image_size} is not divisible by 2**depth ({2 ** depth})")
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for _ in range(depth):
+            layers += [nn.Conv2d(channels, width, 3, padding=1),
+                       nn.GroupNorm(width, width, affine=True),     # instance norm, as in MTT
+                       nn.ReLU(inplace=True),
+                       nn.AvgPool2d(2)]
+            channels = width
+        self.features = nn.Sequential(*layers)
+        self.num_features = width * (image_size // 2 ** depth) ** 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x).flatten(1)
+
+
+@register_image_tower("convnet")
+def _convnet(arg: str, image_size: int, pretrained_path: str | None, width: int = 64,
+             depth: int = 3, **_: object) -> nn.Module:
+    tower = ConvNet(image_size, width=width, depth=depth)
+    if pretrained_path:
+        from safetensors.torch import load_file
+        tower.load_state_dict(load_file(pretrained_path))
+    return tower
+
+
+@register_image_tower("timm", example="timm:resnet10t")
+def _timm(arg: str, image_size: int, pretrained_path: str | None, **_: object) -> nn.Module:
+    import timm
+    if not arg:
+        raise ValueError("timm tower needs a model name, e.g. timm:nfnet_l0")
+    kwargs: dict = {"num_classes": 0}
+    if pretrained_path:
+        kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(Path(pretrained_path).expanduser())})
+    try:
+        tower = timm.create_model(arg, **kwargs)
+    except RuntimeError as err:
+        if "Unknown model" in str(err):
+            raise ValueError(f"timm has no model {arg!r} (see timm.list_models())") from None
+        raise
+    return tower

@@ -1,0 +1,113 @@
+"""The student (and expert) model: a trainable image tower and a projection head over frozen
+text embeddings, compared by cosine similarity at a fixed temperature (as CLIP, and as the
+VL-distill / LoRS references).
+
+    logits = (1 / tau) * norm(f(x; phi)) @ norm(g(y; psi)).T        # (b, b)
+
+Distillation runs the student functionally from two flat parameter vectors (phi for the
+image tower, psi for the text head) with `torch.func.functional_call`; experts and evaluation
+students train it as an ordinary module.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from .image_towers import create_image_tower
+
+
+class ProjectionHead(nn.Module):
+    """linear -> GELU -> linear -> dropout -> residual -> LayerNorm (the reference's head)."""
+
+    def __init__(self, in_dim: int, out_dim: int, dropout: float = 0.0):
+        super().__init__()
+        self.projection = nn.Linear(in_dim, out_dim)
+        self.fc = nn.Linear(out_dim, out_dim)
+        self.dropout = nn.Dropout(dropout)
+        self.layer_norm = nn.LayerNorm(out_dim)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        projected = self.projection(y)
+        return self.layer_norm(projected + self.dropout(self.fc(F.gelu(projected))))
+
+
+class DualEncoder(nn.Module):
+    """Image tower + text head; `forward(x, y)` gives the (b, b) logits of a batch of pairs."""
+
+    def __init__(self, image_tower: nn.Module, text_dim: int, temperature: float = 0.07,
+                 dropout: float = 0.0):
+        super().__init__()
+        self.image_tower = image_tower
+        self.text_head = ProjectionHead(text_dim, image_tower.num_features, dropout)
+        self.logit_scale = 1.0 / temperature
+
+    def encode_image(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.image_tower(x), dim=-1)
+
+    def encode_text(self, y: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.text_head(y), dim=-1)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.logit_scale * self.encode_image(x) @ self.encode_text(y).t()
+
+
+def build_student(model_cfg, image_size: int, text_dim: int, seed: int | None = None,
+                  image_tower: str | None = None) -> DualEncoder:
+    """A fresh student from the config; `seed` makes the initialization reproducible."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    tower = create_image_tower(image_tower or model_cfg.image_tower, image_size,
+                               pretrained_path=model_cfg.pretrained_path,
+                               width=model_cfg.convnet_width, depth=model_cfg.convnet_depth)
+    return DualEncoder(tower, text_dim, model_cfg.temperature, model_cfg.head_dropout)
+
+
+@dataclass
+class ParamLayout:
+    """Names and shapes of a group of parameters, to move between a flat vector and a dict."""
+
+    names: list[str]
+    shapes: list[torch.Size]
+
+    @classmethod
+    def of(cls, module: nn.Module, prefix: str) -> "ParamLayout":
+        named = [(n, p.shape) for n, p in module.named_parameters() if n.startswith(prefix)]
+        return cls([n for n, _ in named], [s for _, s in named])
+
+    @property
+    def numel(self) -> int:
+        return sum(s.numel() for s in self.shapes)
+
+    def flatten(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.cat([params[n].reshape(-1) for n in self.names])
+
+    def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Views into `flat` (gradients flow back to it)."""
+        chunks = flat.split([s.numel() for s in self.shapes])
+        return {n: c.view(s) for n, c, s in zip(self.names, chunks, self.shapes)}
+
+    def describe(self) -> list[list]:
+        return [[n, list(s)] for n, s in zip(self.names, self.shapes)]
+
+
+class FunctionalStudent:
+    """A `DualEncoder` run from flat vectors: phi (image tower) and psi (text head)."""
+
+    def __init__(self, model: DualEncoder):
+        self.model = model
+        self.image_layout = ParamLayout.of(model, "image_tower.")
+        self.text_layout = ParamLayout.of(model, "text_head.")
+
+    def flat_params(self) -> tuple[torch.Tensor, torch.Tensor]:
+        params = dict(self.model.named_parameters())
+        return (self.image_layout.flatten(params).detach().clone(),
+                self.text_layout.flatten(params).detach().clone())
+
+    def logits(self, phi: torch.Tensor, psi: torch.Tensor, x: torch.Tensor,
+               y: torch.Tensor) -> torch.Tensor:
+        params = {**self.image_layout.unflatten(phi), **self.text_layout.unflatten(psi)}
+        return functional_call(self.model, params, (x, y))

