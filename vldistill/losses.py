@@ -13,6 +13,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from .errors import UnknownNameError
+
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 KL_TARGET_SHARPNESS = 10.0      # the reference turns a similarity row into softmax(10 * S)
@@ -80,7 +82,7 @@ LOSSES: dict[str, Loss] = {
 def soft_contrastive_loss(logits: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
     """Contrastive loss of (b, b) logits against a (b, b) soft target, by name (see LOSSES)."""
     if kind not in LOSSES:
-        raise ValueError(f"unknown loss {kind!r}; known: {', '.join(sorted(LOSSES))}")
+        raise UnknownNameError(f"unknown loss {kind!r}; known: {', '.join(sorted(LOSSES))}")
     if logits.shape != target.shape or logits.dim() != 2:
         raise ValueError(f"logits {tuple(logits.shape)} and target {tuple(target.shape)} must be "
                          "the same (b, b) shape")

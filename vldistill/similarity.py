@@ -17,6 +17,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .errors import UnknownNameError
+
 
 class Similarity(nn.Module):
     kind = ""
@@ -28,15 +30,20 @@ class Similarity(nn.Module):
     def params(self, indices: torch.Tensor | None = None) -> list[torch.Tensor]:
         raise NotImplementedError
 
-    def matrix(self, indices: torch.Tensor | None = None) -> torch.Tensor:
+    def matrix_from(self, params: list[torch.Tensor], b: int) -> torch.Tensor:
+        """The (b, b) matrix built from `params(indices)` (or leaf copies of them)."""
         raise NotImplementedError
 
-    def _all(self, indices: torch.Tensor | None) -> torch.Tensor:
-        return torch.arange(self.n, device=self._device()) if indices is None else indices
+    def matrix(self, indices: torch.Tensor | None = None) -> torch.Tensor:
+        b = self.n if indices is None else len(indices)
+        return self.matrix_from(self.params(indices), b)
 
-    def _device(self) -> torch.device:
-        first = next(iter(self.parameters()), None)
-        return first.device if first is not None else torch.device("cpu")
+    def add_grad(self, indices: torch.Tensor, grads: list[torch.Tensor]) -> None:
+        """Accumulate gradients w.r.t. `params(indices)` into the rows of indices only."""
+        for param, grad in zip(self.parameters(), grads):
+            if param.grad is None:
+                param.grad = torch.zeros_like(param)
+            param.grad.index_add_(0, indices, grad)
 
 
 class LowRankSimilarity(Similarity):
@@ -54,8 +61,8 @@ class LowRankSimilarity(Similarity):
             return [self.diag, self.left, self.right]
         return [self.diag[indices], self.left[indices], self.right[indices]]
 
-    def matrix(self, indices: torch.Tensor | None = None) -> torch.Tensor:
-        w, left, right = self.params(indices)
+    def matrix_from(self, params: list[torch.Tensor], b: int) -> torch.Tensor:
+        w, left, right = params
         return torch.diag(w) + (self.alpha / self.rank) * left @ right.t()     # (b, b)
 
 
@@ -67,12 +74,17 @@ class FullSimilarity(Similarity):
         self.weight = nn.Parameter(torch.eye(n))
 
     def params(self, indices: torch.Tensor | None = None) -> list[torch.Tensor]:
-        return [self.matrix(indices)]
-
-    def matrix(self, indices: torch.Tensor | None = None) -> torch.Tensor:
         if indices is None:
-            return self.weight
-        return self.weight[indices[:, None], indices]
+            return [self.weight]
+        return [self.weight[indices[:, None], indices]]
+
+    def matrix_from(self, params: list[torch.Tensor], b: int) -> torch.Tensor:
+        return params[0]
+
+    def add_grad(self, indices: torch.Tensor, grads: list[torch.Tensor]) -> None:
+        if self.weight.grad is None:
+            self.weight.grad = torch.zeros_like(self.weight)
+        self.weight.grad.index_put_((indices[:, None], indices), grads[0], accumulate=True)
 
 
 class IdentitySimilarity(Similarity):
@@ -81,10 +93,8 @@ class IdentitySimilarity(Similarity):
     def params(self, indices: torch.Tensor | None = None) -> list[torch.Tensor]:
         return []
 
-    def matrix(self, indices: torch.Tensor | None = None) -> torch.Tensor:
-        b = self.n if indices is None else len(indices)
-        device = torch.device("cpu") if indices is None else indices.device
-        return torch.eye(b, device=device)
+    def matrix_from(self, params: list[torch.Tensor], b: int) -> torch.Tensor:
+        return torch.eye(b)
 
 
 _BUILDERS: dict[str, Callable[[int, int, float], Similarity]] = {
@@ -101,7 +111,7 @@ def list_similarities() -> list[str]:
 def build_similarity(kind: str, n: int, rank: int = 10, alpha: float = 1.0) -> Similarity:
     """A similarity over n synthetic pairs: `lowrank` (rank, alpha), `full` or `identity`."""
     if kind not in _BUILDERS:
-        raise ValueError(f"unknown similarity {kind!r}; known: {', '.join(list_similarities())}")
+        raise UnknownNameError(f"unknown similarity {kind!r}; known: {', '.join(list_similarities())}")
     return _BUILDERS[kind](n, rank, alpha)
 
 

@@ -18,6 +18,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..errors import MissingFileError, UnknownNameError, UserError
+
 
 @dataclass
 class _Entry:
@@ -60,9 +62,9 @@ def create_image_tower(name: str, image_size: int, pretrained_path: str | None =
     """
     prefix, _, arg = name.partition(":")
     if prefix not in _IMAGE_TOWERS:
-        raise ValueError(f"unknown image tower {name!r}; known: {', '.join(list_image_towers())}")
+        raise UnknownNameError(f"unknown image tower {name!r}; known: {', '.join(list_image_towers())}")
     if pretrained_path is not None and not Path(pretrained_path).expanduser().is_file():
-        raise FileNotFoundError(f"model.pretrained_path {pretrained_path!r} not found: put the "
+        raise MissingFileError(f"model.pretrained_path {pretrained_path!r} not found: put the "
                                 f"{name} weights file there or set model.pretrained_path=null")
     tower = _IMAGE_TOWERS[prefix].build(arg, image_size, pretrained_path, **kwargs)
     assert hasattr(tower, "num_features"), f"{name} did not set num_features"
@@ -75,7 +77,7 @@ class ConvNet(nn.Module):
     def __init__(self, image_size: int, width: int = 64, depth: int = 3, in_channels: int = 3):
         super().__init__()
         if image_size % (2 ** depth):
-            raise ValueError(f"convnet: image_size {image_size} is not divisible by 2**depth ({2 ** depth})")
+            raise UserError(f"convnet: image_size {image_size} is not divisible by 2**depth ({2 ** depth})")
         layers: list[nn.Module] = []
         channels = in_channels
         for _ in range(depth):
@@ -105,7 +107,7 @@ def _convnet(arg: str, image_size: int, pretrained_path: str | None, width: int 
 def _timm(arg: str, image_size: int, pretrained_path: str | None, **_: object) -> nn.Module:
     import timm
     if not arg:
-        raise ValueError("timm tower needs a model name, e.g. timm:nfnet_l0")
+        raise UserError("timm tower needs a model name, e.g. timm:nfnet_l0")
     kwargs: dict = {"num_classes": 0}
     if pretrained_path:
         kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(Path(pretrained_path).expanduser())})
@@ -113,6 +115,6 @@ def _timm(arg: str, image_size: int, pretrained_path: str | None, **_: object) -
         tower = timm.create_model(arg, **kwargs)
     except RuntimeError as err:
         if "Unknown model" in str(err):
-            raise ValueError(f"timm has no model {arg!r} (see timm.list_models())") from None
+            raise UnknownNameError(f"timm has no model {arg!r} (see timm.list_models())") from None
         raise
     return tower

