@@ -71,12 +71,15 @@ class BufferConfig:
     momentum: float = 0.0
     weight_decay: float = 0.0
     batch_size: int = 128
+    pairs_per_epoch: str = "captions"     # captions: every caption once (reference) | images: every
+                                          # image once, with one of its captions drawn at random
     store_all_epochs: bool = False        # False: keep only epochs distillation can use
     dir: Optional[str] = None             # trajectory store; default RUN_DIR/buffer (share it across runs)
 
     def __post_init__(self) -> None:
         _positive(self, "num_experts", "epochs", "batch_size")
         _non_negative(self, "lr_teacher", "momentum", "weight_decay")
+        _choice(self, "pairs_per_epoch", ("captions", "images"))
 
 
 @dataclass

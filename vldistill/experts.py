@@ -142,13 +142,16 @@ def train_expert(k: int, cfg, data, device: torch.device, store: TrajectoryStore
     keep = set(epochs_to_keep(cfg))
     snapshots = {0: Snapshot(*fs.flat_params())}
     history = []
-    steps = -(-len(data.dataset.train.caption_image) // cfg.buffer.batch_size)
+    per_epoch = (data.dataset.train.n_images if cfg.buffer.pairs_per_epoch == "images"
+                 else len(data.dataset.train.caption_image))
+    steps = -(-per_epoch // cfg.buffer.batch_size)
     start = time.time()
     with tqdm(total=steps * cfg.buffer.epochs, desc=f"expert {k}", unit="step", leave=False) as bar:
         for epoch in range(1, cfg.buffer.epochs + 1):
             loss = train_epoch_on_pairs(model, optimizer, data.dataset.train, data.text["train"],
                                         cfg.buffer.batch_size, seed * 100 + epoch, device,
-                                        cfg.data.num_workers, bar)
+                                        cfg.data.num_workers, bar,
+                                        cfg.buffer.pairs_per_epoch)
             val = retrieval_metrics(model, data.dataset.val, data.text["val"], device)
             history.append({"epoch": epoch, "loss": loss, **val})
             log.info("expert %d epoch %d: loss %.3f, val r_mean %.2f (IR@1 %.1f, TR@1 %.1f)",

@@ -21,14 +21,14 @@ from .retrieval import recall_at_k
 class _PairBatches(Dataset):
     """Caption entries -> (caption indices, images, text embeddings), fetched a batch at a time."""
 
-    def __init__(self, split: CaptionSplit, text: torch.Tensor, train: bool):
-        self.split, self.text, self.train = split, text, train
+    def __init__(self, split: CaptionSplit, text: torch.Tensor, entries: torch.Tensor, train: bool):
+        self.split, self.text, self.entries, self.train = split, text, entries, train
 
     def __len__(self) -> int:
-        return len(self.split.caption_image)
+        return len(self.entries)
 
-    def __getitems__(self, indices: list[int]):
-        idx = torch.as_tensor(indices, dtype=torch.long)
+    def __getitems__(self, positions: list[int]):
+        idx = self.entries[torch.as_tensor(positions, dtype=torch.long)]
         images = self.split.images.get_batch(self.split.caption_image[idx], train=self.train)
         return idx, images, self.text[idx]
 
@@ -37,12 +37,26 @@ def _identity(batch):
     return batch
 
 
+def epoch_entries(split: CaptionSplit, mode: str, generator: torch.Generator) -> torch.Tensor:
+    """Caption entries an epoch visits: all of them, or one random caption per image."""
+    if mode == "captions":
+        return torch.arange(len(split.caption_image))
+    counts = torch.bincount(split.caption_image, minlength=split.n_images)
+    order = torch.argsort(split.caption_image, stable=True)            # entries grouped by image
+    first = torch.cumsum(counts, 0) - counts
+    has = counts > 0
+    pick = (torch.rand(split.n_images, generator=generator) * counts).long().clamp(max=counts - 1)
+    return order[(first + pick)[has]]
+
+
 def pair_batches(split: CaptionSplit, text: torch.Tensor, batch_size: int, seed: int,
-                 train: bool = True, num_workers: int = 0) -> Iterator:
+                 train: bool = True, num_workers: int = 0, mode: str = "captions") -> Iterator:
     """One epoch of shuffled (indices, images, text embeddings) batches of real pairs."""
     generator = torch.Generator().manual_seed(seed)
-    loader = DataLoader(_PairBatches(split, text, train), batch_size=batch_size, shuffle=True,
-                        generator=generator, num_workers=num_workers, collate_fn=_identity)
+    entries = epoch_entries(split, mode, generator)
+    loader = DataLoader(_PairBatches(split, text, entries, train), batch_size=batch_size,
+                        shuffle=True, generator=generator, num_workers=num_workers,
+                        collate_fn=_identity)
     return iter(loader)
 
 
@@ -71,11 +85,11 @@ def contrastive_step(model: DualEncoder, optimizer: torch.optim.Optimizer, image
 
 def train_epoch_on_pairs(model: DualEncoder, optimizer: torch.optim.Optimizer, split: CaptionSplit,
                          text: torch.Tensor, batch_size: int, seed: int, device: torch.device,
-                         num_workers: int = 0, progress=None) -> float:
-    """One epoch of InfoNCE over every caption entry of a real split; returns the mean loss."""
+                         num_workers: int = 0, progress=None, mode: str = "captions") -> float:
+    """One epoch of InfoNCE over the real pairs of a split (see `epoch_entries`); mean loss."""
     model.train()
     total, count = 0.0, 0
-    for _, images, texts in pair_batches(split, text, batch_size, seed, True, num_workers):
+    for _, images, texts in pair_batches(split, text, batch_size, seed, True, num_workers, mode):
         total += contrastive_step(model, optimizer, images.to(device, non_blocking=True),
                                   texts.to(device, non_blocking=True))
         count += 1

@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from ..errors import UnknownNameError
+from ..errors import UnknownNameError, UserError
 from ..io import read_tensors, write_tensors
 from .shapes import build_shapes
 from .splits import CaptionDataset, CaptionSplit, TensorImages, normalize_caption
@@ -94,6 +94,25 @@ class PreparedData:
 
     def split(self, name: str) -> CaptionSplit:
         return getattr(self.dataset, name)
+
+    def real_pairs(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """n distinct random training images, each with one of its captions drawn at random.
+
+        Returns images (n, 3, H, W), their captions' text embeddings (n, d) and caption indices.
+        """
+        train = self.dataset.train
+        if n > train.n_images:
+            raise UserError(f"{n} pairs requested but the training split has {train.n_images} images")
+        image_ids = torch.randperm(train.n_images, generator=generator)[:n]
+        img2txt = train.img2txt
+        captions = []
+        for i in image_ids.tolist():
+            if not img2txt[i]:
+                raise UserError(f"training image {train.image_names[i] if train.image_names else i} "
+                                "has no caption")
+            captions.append(img2txt[i][int(torch.randint(len(img2txt[i]), (1,), generator=generator))])
+        images = train.images.get_batch(image_ids).float()
+        return images, self.text["train"][torch.tensor(captions)].clone(), captions
 
 
 def prepare_data(cfg, device: str = "cpu") -> PreparedData:

@@ -1,0 +1,7 @@
+"""Thin entry point kept for users of the reference scripts: `python distill.py CONFIG [key=value ...]`."""
+import sys
+
+from vldistill.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["distill", *sys.argv[1:]]))

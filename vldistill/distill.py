@@ -1,0 +1,217 @@
+"""The distill stage: learn synthetic pairs, their similarity and the student lrs by matching
+expert trajectories (LoRS on bi-trajectory matching, TESLA gradients).
+
+Each iteration picks an expert and a start epoch s, takes T student steps on the synthetic
+set from snapshot s and compares the result with snapshot s + M (`vldistill.matching`);
+SGD with momentum then updates the images, text embeddings, similarity parameters and lrs.
+All randomness of the stage comes from one generator whose state is checkpointed, so a
+resumed run continues exactly where the interrupted one was.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .errors import UserError
+from .experts import TrajectoryStore, store_manifest
+from .io import append_jsonl, read_tensors, write_json, write_tensors
+from .matching import sample_batches, tesla_match
+from .models.student import FunctionalStudent, build_student
+from .similarity import build_similarity
+from .synset import DistilledSet
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteError(UserError):
+    """Distillation produced NaN/inf for too many iterations in a row."""
+
+
+def init_synthetic(cfg, data, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """N pairs: random real images with one of their captions (`init: real`), or noise."""
+    images, texts, captions = data.real_pairs(cfg.distill.n_pairs, generator)
+    if cfg.distill.init == "noise":
+        images = torch.randn(images.shape, generator=generator)
+        mean, std = data.text["train"].mean(0), data.text["train"].std(0)
+        texts = mean + std * torch.randn(texts.shape, generator=generator)
+    return images, texts, captions
+
+
+class Distiller:
+    """The state of one distillation run and one iteration of it (`step`)."""
+
+    def __init__(self, cfg, data, store: TrajectoryStore, sim_kind: str, device: torch.device):
+        d = cfg.distill
+        self.cfg, self.d, self.store, self.device, self.sim_kind = cfg, d, store, device, sim_kind
+        self.manifest = store.check(store_manifest(cfg, data, build_student(
+            cfg.model, data.dataset.image_size, data.text_dim, seed=0)))
+        stored = self.manifest.get("epochs", [])
+        if d.last_epoch_used not in stored:
+            raise UserError(f"distill needs expert epoch {d.last_epoch_used} "
+                            f"(max_start_epoch - 1 + expert_epochs) but the store keeps {stored}")
+        self.experts = store.experts()
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        images, texts, self.init_captions = init_synthetic(cfg, data, self.generator)
+        self.images = images.to(device).requires_grad_(True)
+        self.texts = texts.to(device).requires_grad_(True)
+        torch.manual_seed(cfg.seed)
+        self.similarity = build_similarity(sim_kind, d.n_pairs, d.rank, d.alpha).to(device)
+        init_lr = math.log(d.lr_teacher) if d.lr_param == "log" else d.lr_teacher
+        self.lr_raw = torch.full((2,), init_lr, device=device, requires_grad=d.learn_lr)
+        groups = [{"params": [self.images], "lr": d.lr_img, "momentum": d.momentum_syn},
+                  {"params": [self.texts], "lr": d.lr_txt, "momentum": d.momentum_syn}]
+        if list(self.similarity.parameters()):
+            groups.append({"params": list(self.similarity.parameters()), "lr": d.lr_sim,
+                           "momentum": d.momentum_sim})
+        if d.learn_lr:
+            groups.append({"params": [self.lr_raw], "lr": d.lr_lr, "momentum": d.momentum_lr})
+        self.optimizer = torch.optim.SGD(groups, lr=d.lr_img)
+        self.student = FunctionalStudent(build_student(cfg.model, data.dataset.image_size,
+                                                       data.text_dim, seed=0).to(device))
+        self.ema = [t.detach().clone() for t in self._exported()] if d.ema_decay > 0 else None
+        self.iteration, self.bad_in_a_row, self.skipped = 0, 0, 0
+
+    # ---------------------------------------------------------------- the lrs
+    def lrs(self) -> tuple[float, float]:
+        raw = self.lr_raw.detach()
+        values = raw.exp() if self.d.lr_param == "log" else raw
+        return float(values[0]), float(values[1])
+
+    def _set_lr_grad(self, grad_img: float, grad_txt: float) -> None:
+        if not self.d.learn_lr:
+            return
+        grad = torch.tensor([grad_img, grad_txt], device=self.device)
+        if self.d.lr_param == "log":
+            grad = grad * torch.tensor(self.lrs(), device=self.device)      # chain rule through exp
+        self.lr_raw.grad = grad
+
+    # ---------------------------------------------------------------- one iteration
+    def step(self) -> dict:
+        """One matching iteration and update; returns the metrics record it logged."""
+        d, start_time = self.d, time.time()
+        expert = self.experts[int(torch.randint(len(self.experts), (1,), generator=self.generator))]
+        start_epoch = int(torch.randint(d.min_start_epoch, d.max_start_epoch, (1,), generator=self.generator))
+        batches = sample_batches(d.n_pairs, d.mini_batch, d.syn_steps, self.generator)
+        begin = self.store.load(expert, start_epoch)
+        end = self.store.load(expert, start_epoch + d.expert_epochs)
+        lr_img, lr_txt = self.lrs()
+        self.optimizer.zero_grad(set_to_none=True)
+        result = tesla_match(self.student, self.images, self.texts, self.similarity, lr_img, lr_txt,
+                             (begin.image.to(self.device), begin.text.to(self.device)),
+                             (end.image.to(self.device), end.text.to(self.device)),
+                             [b.to(self.device) for b in batches], d.loss, d.merge_branches)
+        self._set_lr_grad(result.grad_lr_img, result.grad_lr_txt)
+        finite = math.isfinite(result.loss) and all(
+            bool(torch.isfinite(p.grad).all()) for g in self.optimizer.param_groups
+            for p in g["params"] if p.grad is not None)
+        if finite:
+            self.optimizer.step()
+            self._keep_lrs_valid()
+            self._update_ema()
+            self.bad_in_a_row = 0
+        else:
+            self.skipped += 1
+            self.bad_in_a_row += 1
+            if self.bad_in_a_row >= d.max_bad_steps:
+                raise NonFiniteError(
+                    f"{self.bad_in_a_row} iterations in a row gave a non-finite matching loss or "
+                    f"gradient (last loss {result.loss}); likely cause: distill.lr_img ({d.lr_img}), "
+                    f"lr_txt ({d.lr_txt}) or lr_lr ({d.lr_lr}) too high. The last good checkpoint is kept.")
+        self.iteration += 1
+        lr_img, lr_txt = self.lrs()
+        return {"stage": "distill", "kind": self.sim_kind, "it": self.iteration,
+                "loss": result.loss, "loss_img": result.loss_img, "loss_txt": result.loss_txt,
+                "lr_img": lr_img, "lr_txt": lr_txt, "grad_lr_img": result.grad_lr_img,
+                "grad_lr_txt": result.grad_lr_txt, "expert": expert, "start_epoch": start_epoch,
+                "skipped": not finite, "seconds": time.time() - start_time}
+
+    @torch.no_grad()
+    def _keep_lrs_valid(self) -> None:
+        if self.d.lr_param == "linear":
+            self.lr_raw.clamp_(min=self.d.min_lr)
+
+    def _exported(self) -> list[torch.Tensor]:
+        return [self.images, self.texts, *self.similarity.parameters(), self.lr_raw]
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        if self.ema is not None:
+            for avg, value in zip(self.ema, self._exported()):
+                avg.lerp_(value.detach(), 1.0 - self.d.ema_decay)
+
+    # ---------------------------------------------------------------- export and checkpoints
+    @torch.no_grad()
+    def export(self, card: dict) -> DistilledSet:
+        """The set as it stands (the EMA of it when distill.ema_decay > 0)."""
+        values = self.ema if self.ema is not None else [t.detach() for t in self._exported()]
+        images, texts, *sim_values, lr_raw = [v.clone().cpu() for v in values]
+        sim = build_similarity(self.sim_kind, self.d.n_pairs, self.d.rank, self.d.alpha)
+        for param, value in zip(sim.parameters(), sim_values):
+            param.copy_(value)
+        lrs = lr_raw.exp() if self.d.lr_param == "log" else lr_raw
+        return DistilledSet(images, texts, sim, float(lrs[0]), float(lrs[1]), card)
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        state = {f"value.{i}": t.detach() for i, t in enumerate(self._exported())}
+        for i, group in enumerate(self.optimizer.param_groups):
+            for j, p in enumerate(group["params"]):
+                buffer = self.optimizer.state.get(p, {}).get("momentum_buffer")
+                if buffer is not None:
+                    state[f"momentum.{i}.{j}"] = buffer
+        if self.ema is not None:
+            state.update({f"ema.{i}": t for i, t in enumerate(self.ema)})
+        state["generator"] = self.generator.get_state()
+        state["counters"] = torch.tensor([self.iteration, self.bad_in_a_row, self.skipped])
+        return state
+
+    @torch.no_grad()
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        for i, t in enumerate(self._exported()):
+            t.copy_(state[f"value.{i}"])
+        for i, group in enumerate(self.optimizer.param_groups):
+            for j, p in enumerate(group["params"]):
+                if f"momentum.{i}.{j}" in state:
+                    self.optimizer.state[p]["momentum_buffer"] = state[f"momentum.{i}.{j}"].to(self.device).clone()
+        if self.ema is not None:
+            for i, t in enumerate(self.ema):
+                t.copy_(state[f"ema.{i}"])
+        self.generator.set_state(state["generator"])
+        self.iteration, self.bad_in_a_row, self.skipped = (int(v) for v in state["counters"])
+
+
+def run_distill(cfg, data, store: TrajectoryStore, set_path: Path, checkpoint_path: Path,
+                metrics_path: Path, sim_kind: str, device: torch.device) -> DistilledSet:
+    """Distill (resuming from `checkpoint_path` when it exists and distill.resume is set)."""
+    distiller = Distiller(cfg, data, store, sim_kind, device)
+    if checkpoint_path.is_file() and cfg.distill.resume:
+        distiller.load_state(read_tensors(checkpoint_path))
+        log.info("resumed %s distillation at iteration %d", sim_kind, distiller.iteration)
+    card = {"dataset": data.dataset.name, "dataset_fingerprint": data.dataset.fingerprint,
+            "image_tower": cfg.model.image_tower, "text_tower": cfg.model.text_tower,
+            "image_size": data.dataset.image_size, "mean": list(data.dataset.mean),
+            "std": list(data.dataset.std), "loss": cfg.distill.loss,
+            "init_captions": distiller.init_captions}
+    total = cfg.distill.iterations
+    with tqdm(total=total, initial=distiller.iteration, desc=f"distill {sim_kind}", unit="it") as bar:
+        while distiller.iteration < total:
+            record = distiller.step()
+            append_jsonl(metrics_path, record)
+            bar.set_postfix(loss=f"{record['loss']:.3f}", lr_img=f"{record['lr_img']:.3g}")
+            bar.update(1)
+            if distiller.iteration % cfg.distill.checkpoint_every == 0 or distiller.iteration == total:
+                _checkpoint(distiller, checkpoint_path, sim_kind)
+    synthetic = distiller.export(card | {"iterations": distiller.iteration,
+                                         "skipped_iterations": distiller.skipped})
+    synthetic.save(set_path)
+    return synthetic
+
+
+def _checkpoint(distiller: Distiller, path: Path, sim_kind: str) -> None:
+    write_tensors(path, distiller.state_tensors(), metadata={"iteration": str(distiller.iteration)})
+    write_json(path.with_suffix(".json"), {"iteration": distiller.iteration, "kind": sim_kind,
+                                           "skipped": distiller.skipped})

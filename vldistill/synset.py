@@ -1,0 +1,78 @@
+"""A distilled set: synthetic images, text embeddings, learned similarity and student lrs.
+
+Saved as `NAME.safetensors` (tensors `images`, `text_embeddings`, `lr_img`, `lr_txt`,
+`similarity_matrix` and the similarity's parameters as `similarity.PARAM`) plus `NAME.json`,
+the card: what made the set (dataset and fingerprint, towers, loss, similarity kind, config)
+and what is known about it (metrics, decoded captions). `DistilledSet.load(path)` reads both
+back, from safetensors only.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .errors import MissingFileError, UserError
+from .io import read_tensors, write_json, write_tensors
+from .similarity import Similarity, similarity_from_state
+
+SET_FORMAT = 1
+
+
+@dataclass
+class DistilledSet:
+    images: torch.Tensor                # (N, 3, H, W) in the dataset's normalized pixel space
+    text_embeddings: torch.Tensor       # (N, d_text) in the frozen text tower's space
+    similarity: Similarity
+    lr_img: float
+    lr_txt: float
+    card: dict = field(default_factory=dict)
+
+    @property
+    def n_pairs(self) -> int:
+        return len(self.images)
+
+    @torch.no_grad()
+    def similarity_matrix(self) -> torch.Tensor:
+        return self.similarity.matrix().detach().float().cpu()
+
+    def save(self, path: str | Path) -> Path:
+        """Write PATH.safetensors and PATH.json (PATH without suffix, e.g. RUN_DIR/set)."""
+        path = Path(path).with_suffix("")
+        tensors = {"images": self.images, "text_embeddings": self.text_embeddings,
+                   "lr_img": torch.tensor(float(self.lr_img)), "lr_txt": torch.tensor(float(self.lr_txt)),
+                   "similarity_matrix": self.similarity_matrix()}
+        tensors.update({f"similarity.{k}": v for k, v in self.similarity.state_dict().items()})
+        card = {"format": SET_FORMAT, "n_pairs": self.n_pairs, "lr_img": float(self.lr_img),
+                "lr_txt": float(self.lr_txt), "similarity": self._similarity_spec()} | self.card
+        write_tensors(path.with_suffix(".safetensors"), tensors,
+                      metadata={"card": json.dumps({k: card[k] for k in ("format", "similarity")})})
+        write_json(path.with_suffix(".json"), card)
+        return path.with_suffix(".safetensors")
+
+    def _similarity_spec(self) -> dict:
+        sim = self.similarity
+        return {"kind": sim.kind, "rank": getattr(sim, "rank", None), "alpha": getattr(sim, "alpha", None)}
+
+    @classmethod
+    def load(cls, path: str | Path) -> "DistilledSet":
+        """Load a set from PATH.safetensors (+ PATH.json); PATH may be a run directory."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / "set"
+        path = path.with_suffix("")
+        tensor_file, card_file = path.with_suffix(".safetensors"), path.with_suffix(".json")
+        if not tensor_file.is_file():
+            raise MissingFileError(f"no distilled set at {str(tensor_file)!r}")
+        tensors = read_tensors(tensor_file)
+        card = json.loads(card_file.read_text()) if card_file.is_file() else {}
+        if card.get("format", SET_FORMAT) != SET_FORMAT:
+            raise UserError(f"{card_file} has set format {card.get('format')}, this vldistill reads {SET_FORMAT}")
+        spec = card.get("similarity", {"kind": "identity"})
+        state = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("similarity.")}
+        similarity = similarity_from_state(spec["kind"], len(tensors["images"]), state,
+                                           rank=spec.get("rank") or 1, alpha=spec.get("alpha") or 1.0)
+        return cls(tensors["images"], tensors["text_embeddings"], similarity,
+                   float(tensors["lr_img"]), float(tensors["lr_txt"]), card)
