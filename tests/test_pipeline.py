@@ -1,0 +1,66 @@
+"""The whole pipeline on the tiny config, in-process, through the CLI's main()."""
+import json
+
+import pytest
+import torch
+
+from vldistill.cli import main
+from vldistill.experts import TrajectoryStore
+from vldistill.retrieval import METRICS
+from vldistill.synset import DistilledSet
+
+
+def test_run_writes_results_for_every_method(tmp_path, cache_dir, capsys):
+    run_dir = tmp_path / "run"
+    code = main(["run", "configs/tiny.yaml", f"run_dir={run_dir}", f"cache_dir={cache_dir}"])
+    assert code == 0
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["dataset"] == "shapes" and results["n_pairs"] == 20
+    assert set(results["methods"]) == {"lors", "baseline", "random", "full"}
+    for summary in results["methods"].values():
+        for key in METRICS:
+            assert 0.0 <= summary[key] <= 100.0
+        assert summary["n_seeds"] == 2 and summary["r_mean_std"] >= 0.0
+        assert summary["r_mean"] == pytest.approx(sum(summary[k] for k in METRICS[:-1]) / 6)
+    table = capsys.readouterr().out
+    assert "| lors |" in table and "| full |" in table
+    # the sets load back and the baseline really has the identity similarity
+    lors = DistilledSet.load(run_dir)
+    baseline = DistilledSet.load(run_dir / "baseline" / "set")
+    assert lors.images.shape == (20, 3, 16, 16) and lors.text_embeddings.shape == (20, 384)
+    assert lors.similarity.kind == "lowrank" and baseline.similarity.kind == "identity"
+    torch.testing.assert_close(baseline.similarity_matrix(), torch.eye(20))
+    assert (run_dir / "report" / "lors_grid.png").is_file()
+    # one metrics record per distill iteration and method
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert sum(r["stage"] == "distill" for r in records) == 2 * 4
+
+
+def test_buffer_keeps_only_usable_epochs(tiny_cfg, tiny_data):
+    from vldistill.experts import run_buffer
+    cfg = tiny_cfg("buffer.epochs=4", "distill.max_start_epoch=2", "distill.expert_epochs=1")
+    store = run_buffer(cfg, tiny_data, torch.device("cpu"), TrajectoryStore(cfg.run_dir))
+    manifest = store.manifest()
+    assert manifest["epochs"] == [0, 1, 2]
+    assert store.load(0, 2).image.shape == (manifest_numel(manifest["image_params"]),)
+    with pytest.raises(Exception, match="no epoch 3"):
+        store.load(0, 3)
+    history = store.expert_metrics(0)["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]          # trained 4, stored 0..2
+
+
+def manifest_numel(layout):
+    total = 0
+    for _, shape in layout:
+        n = 1
+        for s in shape:
+            n *= s
+        total += n
+    return total
+
+
+def test_user_error_is_one_line(tmp_path, capsys):
+    code = main(["run", "configs/tiny.yaml", f"run_dir={tmp_path}", "distill.rnak=3"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err == "vldistill: error: unknown config key 'distill.rnak'; did you mean 'distill.rank'?"
