@@ -1,0 +1,83 @@
+"""What every benchmark prints and records: the machine it ran on, and where results go.
+
+A figure without its machine is not comparable, so each bench script starts its output with
+`describe()` and writes `{"machine": ..., "results": ...}` through `write_results`.
+Used by every bench/bench_*.py (import as `from _machine import ...`; the scripts run from bench/).
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux, else platform)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine(device: torch.device | str = "cpu") -> dict[str, Any]:
+    """CPU model, cores, torch threads, torch version and device (with GPU name and memory)."""
+    device = torch.device(device)
+    info: dict[str, Any] = {
+        "cpu": cpu_model(), "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
+        "torch": torch.__version__, "python": platform.python_version(),
+        "platform": platform.platform(), "device": str(device),
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info |= {"gpu": props.name, "gpu_memory_gib": round(props.total_memory / 2**30, 1)}
+    return info
+
+
+def describe(device: torch.device | str = "cpu") -> str:
+    """One line for the top of a benchmark's output."""
+    m = machine(device)
+    gpu = f", {m['gpu']} ({m['gpu_memory_gib']} GiB)" if "gpu" in m else ""
+    return (f"machine: {m['cpu']} ({m['cpu_count']} cores), torch {m['torch']} with "
+            f"{m['threads']} threads, device {m['device']}{gpu}")
+
+
+def write_results(name: str, results: Any, device: torch.device | str = "cpu",
+                  settings: dict[str, Any] | None = None) -> Path:
+    """bench/results/NAME.json with the machine, the settings and the figures."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{name}.json"
+    record = {"benchmark": name, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "machine": machine(device), "settings": settings or {}, "results": results}
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return path
+
+
+def sync(device: torch.device | str) -> None:
+    """Wait for queued GPU work so a timer sees it (no-op on CPU)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(fn: Callable[[], Any], device: torch.device | str = "cpu", repeats: int = 3,
+              warmup: int = 1) -> float:
+    """Median wall seconds of `fn()` over `repeats` runs after `warmup` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
