@@ -125,10 +125,9 @@ def tesla_match(student: FunctionalStudent, images: torch.Tensor, texts: torch.T
         psi.requires_grad_(True)
         g_img, g_txt = _step_gradients(student, phi, psi, x, y, soft_target, loss_kind,
                                        create_graph=True)
-        inner = (coef_img * g_img).sum() + (coef_txt * g_txt).sum()
         wrt = [t for t in (x, y, *sim_batch) if t.requires_grad]
-        if wrt:
-            grads = iter(torch.autograd.grad(inner, wrt))
+        if wrt:     # d<c, g_t>/d(x, y, S_I): c enters as grad_outputs, no product is formed
+            grads = iter(torch.autograd.grad((g_img, g_txt), wrt, grad_outputs=(coef_img, coef_txt)))
             if x.requires_grad:
                 _accumulate(images, idx, next(grads))
             if y.requires_grad:
