@@ -1,0 +1,51 @@
+"""faiss nearest-neighbour search against the exact torch path and a brute-force sort."""
+import pytest
+import torch
+
+from vldistill.neighbours import knn
+
+
+def _data(seed, q=40, n=700, d=24):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(q, d, generator=g), torch.randn(n, d, generator=g)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+@pytest.mark.parametrize("seed", range(3))
+def test_faiss_equals_torch_and_brute_force(metric, seed):
+    queries, bank = _data(seed)
+    exclude = list(range(0, 700, 7))
+    fast = knn(queries, bank, 5, metric, exclude=exclude, backend="faiss")
+    exact = knn(queries, bank, 5, metric, exclude=exclude, backend="torch")
+    assert torch.equal(fast.indices, exact.indices)
+    torch.testing.assert_close(fast.scores, exact.scores, rtol=1e-4, atol=1e-4)
+    # brute force in float64
+    q, b = queries.double(), bank.double()
+    if metric == "cosine":
+        scores = torch.nn.functional.normalize(q, dim=1) @ torch.nn.functional.normalize(b, dim=1).t()
+    else:
+        scores = -torch.cdist(q, b) ** 2
+    scores[:, exclude] = float("-inf")
+    top = scores.topk(5, dim=1)
+    assert torch.equal(fast.indices, top.indices)
+    assert not set(fast.indices.flatten().tolist()) & set(exclude)
+    expected = top.values if metric == "cosine" else -top.values
+    torch.testing.assert_close(fast.scores.double(), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_torch_path_blocks_agree_with_one_block():
+    from vldistill.neighbours import _torch_search
+    queries, bank = _data(5)
+    whole = _torch_search(queries, bank, 3, "l2", None)
+    blocked = _torch_search(queries, bank, 3, "l2", None, max_entries=700 * 3)   # 3 queries a block
+    assert torch.equal(whole[1], blocked[1])
+
+
+def test_bad_requests_are_refused():
+    queries, bank = _data(0, n=10)
+    with pytest.raises(ValueError, match="searchable rows"):
+        knn(queries, bank, 8, exclude=[0, 1, 2])
+    with pytest.raises(ValueError, match="unknown metric"):
+        knn(queries, bank, 1, metric="dot")
+    with pytest.raises(ValueError, match="unknown search backend"):
+        knn(queries, bank, 1, backend="annoy")
