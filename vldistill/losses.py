@@ -37,7 +37,10 @@ def infonce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 @_both_directions
 def cwcl(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Continuously weighted contrastive loss: infonce with each target row divided by its sum."""
-    weights = target / (target.sum(dim=1, keepdim=True) + 1e-6)
+    row_sum = target.sum(dim=1, keepdim=True) + 1e-6
+    # a learned S can have a row summing to about -1e-6: keep |denominator| >= 1e-6, not 0 / 0
+    row_sum = torch.where(row_sum.abs() < 1e-6, torch.full_like(row_sum, 1e-6), row_sum)
+    weights = target / row_sum
     return -(weights * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
 
 
