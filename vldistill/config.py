@@ -34,6 +34,17 @@ class DataConfig:
     no_aug: bool = True                   # turn off train-time augmentation of real images
     skip_bad_images: bool = False         # skip (and count) unreadable images instead of failing
     num_workers: int = 0                  # DataLoader workers for real images
+    cache_images: bool = True             # decode real images once into a uint8 tensor file (cache_dir)
+    cache_max_gb: float = 8.0             # ... for splits whose decoded pixels fit in this many GB
+    # coco (captions_*.json through pycocotools): image ids of each split, as a list or a file
+    # (one id per line, or a JSON list); null takes every image of that split's file
+    train_ids: Any = None
+    val_ids: Any = None
+    test_ids: Any = None
+    # folder: with only train_json given, these fractions of its images are held out as val/test
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    split_seed: int = 0                   # seed of that hold-out draw
     # the embedded "shapes" dataset
     shapes_train: int = 10_000            # train images (5 captions each)
     shapes_val: int = 500
@@ -44,6 +55,9 @@ class DataConfig:
         _positive(self, "image_size", "max_words", "shapes_train", "shapes_val", "shapes_test")
         if self.num_workers < 0:
             raise ConfigError("data.num_workers must be >= 0")
+        _non_negative(self, "cache_max_gb", "val_fraction", "test_fraction")
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ConfigError("data.val_fraction + data.test_fraction must be < 1 (the rest is train)")
 
 
 @dataclass

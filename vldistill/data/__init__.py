@@ -127,5 +127,7 @@ def prepare_data(cfg, device: str = "cpu") -> PreparedData:
     return PreparedData(dataset, text, cfg.model.text_tower)
 
 
+from . import coco, folder, karpathy  # noqa: E402,F401  registers the file-backed datasets
+
 __all__ = ["CaptionDataset", "CaptionSplit", "PreparedData", "TensorImages", "build_dataset",
            "list_datasets", "normalize_caption", "prepare_data", "register_dataset"]

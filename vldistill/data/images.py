@@ -1,0 +1,355 @@
+"""Images on disk as an `ImageSource`: decoding, the reference's transforms, one up-front check
+of every file, and a cache of decoded pixels.
+
+`FileImages.get_batch` decodes a batch (inside DataLoader workers when data.num_workers > 0)
+and applies the train or the test transform. `load_images` is what datasets call: it checks
+every file once in the main process -- present, an image PIL recognizes, not cut short -- so a
+bad file is one clear error naming it (or, with data.skip_bad_images, is skipped and counted),
+never a stack trace from a worker. A split whose decoded pixels fit `data.cache_max_gb` is
+decoded once into a uint8 tensor file under cache_dir (keyed by the files' paths, sizes and
+mtimes, and the image size), so later epochs and later runs never touch the JPEGs again.
+
+Transforms follow the reference: train = RandomResizedCrop(scale 0.5-1, bicubic), horizontal
+flip, two RandAugment-style ops at magnitude 5/10; test = resize to a square, bicubic; both
+normalize with CLIP's mean/std. With the cache, train crops are taken from the cached square
+image rather than from the full-resolution file.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from ..errors import UserError
+from ..io import read_tensors, write_tensors
+
+log = logging.getLogger(__name__)
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+CACHE_FORMAT = 1          # bump when decoding or resizing changes, so stale caches are not read
+_FILL = [128, 128, 128]
+
+
+class _LazyTorchvision:
+    """torchvision's tensor transforms, imported on first use (the import costs seconds)."""
+
+    def __getattr__(self, name: str):
+        from torchvision.transforms.v2 import functional
+        return getattr(functional, name)
+
+
+TF = _LazyTorchvision()
+
+
+def _mode(name: str):
+    from torchvision.transforms import InterpolationMode
+    return InterpolationMode[name]
+
+
+class BadImageError(UserError):
+    """An image file that cannot be decoded; the message names it.
+
+    A DataLoader re-raises a worker's exception as `type(exc)(text with the worker's traceback)`;
+    this keeps only our own message, so the CLI still prints one line.
+    """
+
+    def __init__(self, message: str):
+        if "Original Traceback" in message:
+            last = [line for line in message.splitlines() if line.strip()][-1]
+            message = last.split("BadImageError: ", 1)[-1]
+        super().__init__(message)
+
+
+def _bad_image_message(path: str, reason: str) -> str:
+    return (f"image {path!r} {reason}: replace or remove it, or set data.skip_bad_images=true "
+            "to skip such images")
+
+
+def decode_image(path: str, size: int | None = None) -> torch.Tensor:
+    """The file as uint8 RGB (3, h, w), or resized (bicubic) to size x size when `size` is given.
+
+    Decoding and the test-time resize stay in PIL, so neither needs torchvision.
+    Raises BadImageError naming the file if it cannot be decoded.
+    """
+    import numpy as np
+    from PIL import Image
+    try:
+        with Image.open(path) as image:
+            rgb = image.convert("RGB")
+            if size is not None and rgb.size != (size, size):
+                rgb = rgb.resize((size, size), Image.Resampling.BICUBIC)
+    except (OSError, ValueError, SyntaxError) as err:
+        raise BadImageError(_bad_image_message(path, f"cannot be decoded ({err})")) from None
+    return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+
+
+# ---------------------------------------------------------------- transforms
+def _sign() -> float:
+    return 1.0 if float(torch.rand(())) < 0.5 else -1.0
+
+
+def _affine(img: torch.Tensor, angle: float = 0.0, dx: float = 0.0, dy: float = 0.0,
+            shear_x: float = 0.0, shear_y: float = 0.0) -> torch.Tensor:
+    side = img.shape[-1]
+    return TF.affine(img, angle=angle, translate=[dx * side, dy * side], scale=1.0,
+                     shear=[shear_x, shear_y], interpolation=_mode("NEAREST"), fill=_FILL)
+
+
+# The reference's op list; m in [0, 1] is the magnitude (5/10 there), each op picks its own sign.
+_OPS = {
+    "identity": lambda img, m: img,
+    "autocontrast": lambda img, m: TF.autocontrast(img),
+    "equalize": lambda img, m: TF.equalize(img),
+    "brightness": lambda img, m: TF.adjust_brightness(img, 1.0 + 0.9 * m * _sign()),
+    "sharpness": lambda img, m: TF.adjust_sharpness(img, 1.0 + 0.9 * m * _sign()),
+    "shear_x": lambda img, m: _affine(img, shear_x=16.7 * m * _sign()),    # shear 0.3 -> 16.7 deg
+    "shear_y": lambda img, m: _affine(img, shear_y=16.7 * m * _sign()),
+    "translate_x": lambda img, m: _affine(img, dx=0.15 * m * _sign()),
+    "translate_y": lambda img, m: _affine(img, dy=0.15 * m * _sign()),
+    "rotate": lambda img, m: _affine(img, angle=30.0 * m * _sign()),
+}
+
+
+@dataclass
+class ImageTransform:
+    """uint8 (3, h, w) -> normalized float (3, size, size); `train` adds the augmentations."""
+
+    size: int
+    mean: Sequence[float] = CLIP_MEAN
+    std: Sequence[float] = CLIP_STD
+    augment: bool = True                  # False: train images get the test transform (no_aug)
+    n_ops: int = 2
+    magnitude: float = 0.5
+    op_probability: float = 0.5
+
+    def __post_init__(self) -> None:
+        self._mean = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1)
+        self._std = torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1)
+
+    def resize(self, img: torch.Tensor) -> torch.Tensor:
+        """The test-time geometry: a bicubic resize to size x size (aspect ratio not kept)."""
+        if tuple(img.shape[-2:]) == (self.size, self.size):
+            return img
+        return TF.resize(img, [self.size, self.size], interpolation=_mode("BICUBIC"), antialias=True)
+
+    def augmented(self, img: torch.Tensor) -> torch.Tensor:
+        from torchvision.transforms import RandomResizedCrop
+        top, left, h, w = RandomResizedCrop.get_params(img, scale=(0.5, 1.0), ratio=(3 / 4, 4 / 3))
+        img = TF.resized_crop(img, top, left, h, w, [self.size, self.size], interpolation=_mode("BICUBIC"),
+                              antialias=True)
+        if float(torch.rand(())) < 0.5:
+            img = TF.horizontal_flip(img)
+        names = list(_OPS)
+        for k in torch.randint(len(names), (self.n_ops,)).tolist():
+            if float(torch.rand(())) < self.op_probability:
+                img = _OPS[names[k]](img, self.magnitude)
+        return img
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 (..., 3, S, S) -> float, CLIP-normalized."""
+        return (pixels.float() / 255.0 - self._mean) / self._std
+
+    def __call__(self, img: torch.Tensor, train: bool = False) -> torch.Tensor:
+        img = self.augmented(img) if train and self.augment else self.resize(img)
+        return self.normalize(img)
+
+
+# ---------------------------------------------------------------- image sources
+@dataclass
+class FileImages:
+    """Images decoded from their files at every request (picklable: DataLoader workers use it)."""
+
+    paths: list[str]
+    transform: ImageTransform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def get_batch(self, indices: torch.Tensor, train: bool = False) -> torch.Tensor:
+        augment = train and self.transform.augment
+        size = None if augment else self.transform.size          # crops need the full image
+        return torch.stack([self.transform(decode_image(self.paths[i], size), train)
+                            for i in indices.tolist()])
+
+
+@dataclass
+class DecodedImages:
+    """Decoded, resized images held as uint8 (N, 3, S, S); augmented per image when training."""
+
+    pixels: torch.Tensor
+    transform: ImageTransform
+
+    def __len__(self) -> int:
+        return self.pixels.shape[0]
+
+    def get_batch(self, indices: torch.Tensor, train: bool = False) -> torch.Tensor:
+        batch = self.pixels[indices]
+        if train and self.transform.augment:
+            return torch.stack([self.transform(img, train=True) for img in batch])
+        return self.transform.normalize(batch)
+
+
+# ---------------------------------------------------------------- checking and caching
+def check_image_file(path: str) -> str | None:
+    """Why the file cannot serve as an image (None if it looks fine), without decoding it.
+
+    Reads the header (PIL recognizes the format) and, for JPEG and PNG, the tail (the end
+    marker is there, so the file was not cut short).
+    """
+    from PIL import Image, UnidentifiedImageError
+    try:
+        if os.path.getsize(path) == 0:
+            return "is empty"
+        with Image.open(path) as image:
+            fmt = image.format
+        with open(path, "rb") as handle:
+            handle.seek(max(0, os.path.getsize(path) - 1024))
+            tail = handle.read()
+    except FileNotFoundError:
+        return "is missing"
+    except UnidentifiedImageError:
+        return "is not an image PIL can read"
+    except OSError as err:
+        return f"cannot be read ({err})"
+    if fmt == "JPEG" and b"\xff\xd9" not in tail:
+        return "is truncated (no JPEG end marker)"
+    if fmt == "PNG" and b"IEND" not in tail[-16:]:
+        return "is truncated (no PNG end chunk)"
+    return None
+
+
+@dataclass
+class LoadedImages:
+    """What `load_images` made of a list of files."""
+
+    source: FileImages | DecodedImages
+    kept: list[int]                                   # positions (in the given list) kept
+    bad: list[tuple[str, str]] = field(default_factory=list)   # (path, reason) of skipped files
+
+
+class _DecodeForCache(Dataset):
+    """File i -> (i, uint8 (3, S, S) or None, reason): workers report failures, never raise."""
+
+    def __init__(self, paths: list[str], transform: ImageTransform):
+        self.paths, self.transform = paths, transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            return i, decode_image(self.paths[i], self.transform.size), None
+        except BadImageError:
+            return i, None, "cannot be decoded"
+
+
+def _collate_items(items):
+    return items
+
+
+def _refuse_bad(bad: list[tuple[str, str]], skip: bool) -> None:
+    """One error naming the first bad file, unless the user asked to skip them."""
+    if bad and not skip:
+        path, reason = bad[0]
+        more = f" ({len(bad) - 1} more bad images in this split)" if len(bad) > 1 else ""
+        raise BadImageError(_bad_image_message(path, reason) + more)
+
+
+def _loaded(source, kept: list[int], bad: list[tuple[str, str]], split: str) -> LoadedImages:
+    if bad:
+        log.warning("%s split: skipped %d unreadable images (first: %s %s)", split, len(bad),
+                    bad[0][0], bad[0][1])
+    return LoadedImages(source, kept, bad)
+
+
+def _cache_path(cache_dir: Path, paths: list[str], stats: list, size: int) -> Path:
+    h = hashlib.sha256(json.dumps({"format": CACHE_FORMAT, "size": size}).encode())
+    for path, stat in zip(paths, stats):
+        h.update(f"\0{path}\0{stat}".encode())
+    return cache_dir / "images" / f"{h.hexdigest()[:24]}.safetensors"
+
+
+def _decode_all(paths: list[str], transform: ImageTransform, num_workers: int, split: str):
+    """Decode and resize every file (in workers); returns pixels of the good ones and the bad."""
+    loader = DataLoader(_DecodeForCache(paths, transform), batch_size=64, num_workers=num_workers,
+                        collate_fn=_collate_items)
+    good, bad = [], []
+    for batch in tqdm(loader, desc=f"decoding {split} images", unit="batch",
+                      disable=len(paths) < 2000):
+        for i, pixels, reason in batch:
+            (good.append((i, pixels)) if pixels is not None else bad.append((i, reason)))
+    kept = [i for i, _ in good]
+    pixels = (torch.stack([p for _, p in good]) if good
+              else torch.empty(0, 3, transform.size, transform.size, dtype=torch.uint8))
+    return pixels, kept, bad
+
+
+def load_images(paths: Sequence[str | Path], data_cfg, cache_dir: Path, split: str,
+                train: bool = False) -> LoadedImages:
+    """Check every file once, drop or refuse bad ones, and decode into the cache when it fits.
+
+    Args:
+        paths: image files, in split order.
+        data_cfg: `DataConfig` (image_size, no_aug, skip_bad_images, cache_images,
+            cache_max_gb, num_workers).
+        cache_dir: where the decoded-pixel cache lives (`cache_dir/images/`).
+        split: split name, for messages.
+        train: whether this split is trained on (augmentation applies unless data.no_aug).
+
+    Returns:
+        The image source over the kept files, their positions in `paths`, and the skipped ones.
+    """
+    paths = [str(p) for p in paths]
+    transform = ImageTransform(data_cfg.image_size, augment=train and not data_cfg.no_aug)
+    stats: list = []
+    for path in paths:
+        try:
+            stat = os.stat(path)
+            stats.append((stat.st_size, stat.st_mtime_ns))
+        except OSError:
+            stats.append(None)
+    bad = [(p, "is missing") for p, s in zip(paths, stats) if s is None]
+    _refuse_bad(bad, data_cfg.skip_bad_images)
+
+    n_bytes = len(paths) * 3 * data_cfg.image_size ** 2
+    cached = data_cfg.cache_images and n_bytes <= data_cfg.cache_max_gb * 2 ** 30
+    cache_file = _cache_path(cache_dir, paths, stats, data_cfg.image_size)
+    if cached and cache_file.is_file():
+        tensors = read_tensors(cache_file)
+        kept = tensors["kept"].tolist()
+        bad_decoded = [(paths[i], "cannot be decoded") for i in tensors["bad"].tolist()]
+        _refuse_bad(bad_decoded, data_cfg.skip_bad_images)
+        return _loaded(DecodedImages(tensors["pixels"], transform), kept, bad + bad_decoded, split)
+
+    present = [i for i, s in enumerate(stats) if s is not None]
+    checked = [(i, check_image_file(paths[i])) for i in present]
+    bad_checked = [(paths[i], reason) for i, reason in checked if reason]
+    _refuse_bad(bad + bad_checked, data_cfg.skip_bad_images)
+    bad += bad_checked
+    good = [i for i, reason in checked if reason is None]
+    if not cached:
+        if data_cfg.cache_images:
+            log.info("%s split: %.1f GB decoded exceeds data.cache_max_gb=%g, images are decoded "
+                     "from their files every epoch", split, n_bytes / 2 ** 30, data_cfg.cache_max_gb)
+        return _loaded(FileImages([paths[i] for i in good], transform), good, bad, split)
+
+    pixels, positions, failed = _decode_all([paths[i] for i in good], transform,
+                                            data_cfg.num_workers, split)
+    bad_decoded = [(paths[good[j]], reason) for j, reason in failed]
+    _refuse_bad(bad + bad_decoded, data_cfg.skip_bad_images)
+    kept = [good[j] for j in positions]
+    write_tensors(cache_file, {"pixels": pixels, "kept": torch.tensor(kept, dtype=torch.long),
+                               "bad": torch.tensor([good[j] for j, _ in failed], dtype=torch.long)},
+                  metadata={"split": split, "size": str(data_cfg.image_size)})
+    log.info("%s split: %d images decoded and cached at %s (%.1f MB)", split, len(kept),
+             cache_file, pixels.numel() / 2 ** 20)
+    return _loaded(DecodedImages(pixels, transform), kept, bad + bad_decoded, split)
