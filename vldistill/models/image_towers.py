@@ -108,13 +108,39 @@ def _timm(arg: str, image_size: int, pretrained_path: str | None, **_: object) -
     import timm
     if not arg:
         raise UserError("timm tower needs a model name, e.g. timm:nfnet_l0")
-    kwargs: dict = {"num_classes": 0}
-    if pretrained_path:
-        kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(Path(pretrained_path).expanduser())})
     try:
-        tower = timm.create_model(arg, **kwargs)
+        tower = timm.create_model(arg, num_classes=0)
     except RuntimeError as err:
         if "Unknown model" in str(err):
             raise UnknownNameError(f"timm has no model {arg!r} (see timm.list_models())") from None
         raise
+    if pretrained_path:
+        load_timm_weights(tower, Path(pretrained_path).expanduser(), f"timm:{arg}")
     return tower
+
+
+def load_timm_weights(tower: nn.Module, path: Path, name: str) -> None:
+    """Load a local checkpoint into a timm model, refusing one that does not fit it.
+
+    timm's own pretrained loading only warns about keys it cannot place, so a wrong file
+    would leave a randomly initialized tower; here every tower tensor must come from the file,
+    and only the classifier (dropped by num_classes=0) may be left over.
+    """
+    from timm.models import load_state_dict
+    try:
+        state = load_state_dict(str(path))
+    except Exception as err:        # any unreadable user file: one clear line
+        raise UserError(f"model.pretrained_path {str(path)!r} is not a readable weights file "
+                        f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
+    classifier = tower.pretrained_cfg.get("classifier") or ()
+    heads = tuple(f"{c}." for c in ([classifier] if isinstance(classifier, str) else classifier))
+    try:
+        result = tower.load_state_dict(state, strict=False)
+    except RuntimeError as err:     # shape mismatches
+        detail = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), "")
+        raise UserError(f"model.pretrained_path {str(path)!r} does not fit {name}: {detail}") from None
+    unexpected = [k for k in result.unexpected_keys if not k.startswith(heads)]
+    if result.missing_keys or unexpected:
+        raise UserError(f"model.pretrained_path {str(path)!r} does not hold {name} weights: "
+                        f"{len(result.missing_keys)} model tensors missing from it "
+                        f"{result.missing_keys[:2]}, {len(unexpected)} unknown tensors {unexpected[:2]}")

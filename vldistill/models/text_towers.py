@@ -164,4 +164,10 @@ def _sentence_transformers(arg: str, device: str) -> TextTower:
 
 @register_text_tower("hf")
 def _hf_cls(arg: str, device: str) -> TextTower:
-    return HFClsTower(_require_folder(arg, "transformers model"), device)
+    folder = _require_folder(arg, "transformers model")
+    weights = [f for f in folder.iterdir() if f.suffix in (".safetensors", ".bin")]
+    if not (folder / "config.json").is_file() or not weights:
+        raise MissingFileError(f"transformers model folder {arg!r} needs config.json and the weights "
+                                "(model.safetensors or pytorch_model.bin), plus the tokenizer files: "
+                                "save them there with save_pretrained()")
+    return HFClsTower(folder, device)
