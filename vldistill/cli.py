@@ -71,13 +71,18 @@ def cmd_eval(target: str, overrides: list[str]) -> None:
     from .synset import DistilledSet
     extra, overrides = _split_extra(overrides, ("set",))
     run = open_run(_config_for(target, overrides))
-    if "set" in extra:
-        sets = {"lors": DistilledSet.load(extra["set"])}
-        run.cfg.eval.methods = ["lors"]
+    set_paths = None
+    if "set" in extra:      # that set alone, plus the baselines only if eval.methods is given
+        synthetic = DistilledSet.load(extra["set"])
+        method = "baseline" if synthetic.similarity.kind == "identity" else "lors"
+        asked = any(item.startswith("eval.methods=") for item in overrides)
+        run.cfg.eval.methods = [method] + [m for m in run.cfg.eval.methods
+                                           if asked and m not in DISTILLED_METHODS]
+        sets, set_paths = {method: synthetic}, {method: Path(extra["set"]).resolve()}
     else:
         sets = {m: DistilledSet.load(run.set_path(m)) for m in run.cfg.eval.methods
                 if m in DISTILLED_METHODS}
-    print(results_table(stage_eval(run, prepare_data(run.cfg, str(run.device)), sets)))
+    print(results_table(stage_eval(run, prepare_data(run.cfg, str(run.device)), sets, set_paths)))
 
 
 def cmd_report(target: str, overrides: list[str]) -> None:
@@ -91,12 +96,15 @@ def cmd_report(target: str, overrides: list[str]) -> None:
 
 
 def cmd_compare(targets: list[str]) -> None:
-    from .report import results_table
+    """One markdown table over the runs' results.json (run x eval tower x method rows)."""
+    from .report import compare_table
+    runs = []
     for target in targets:
         path = Path(target) / "results.json"
         if not path.is_file():
             raise UserError(f"{target!r} has no results.json: run `vldistill run` or `vldistill eval` there first")
-        print(f"## {target}\n\n{results_table(read_json(path))}\n")
+        runs.append((target.rstrip("/"), read_json(path)))
+    print(compare_table(runs))
 
 
 def main(argv: list[str] | None = None) -> int:

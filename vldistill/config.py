@@ -153,6 +153,47 @@ class DistillConfig:
         return self.max_start_epoch - 1 + self.expert_epochs
 
 
+EVAL_METHODS = ("lors", "baseline", "random", "herding", "kcenter", "full")
+
+
+def _check_methods(methods: list[str], key: str) -> None:
+    for m in methods:
+        if m not in EVAL_METHODS:
+            raise ConfigError(f"{key}: unknown method {m!r}; known: {', '.join(EVAL_METHODS)}")
+
+
+@dataclass
+class EvalTowerConfig:
+    """One more image tower to evaluate every set on (cross-architecture transfer).
+
+    Each tower needs its own recipe (a pretrained ResNet does not train with a ConvNet's lr);
+    a field left null takes the value of the same `eval.*` key.
+    """
+    image_tower: Optional[str] = None     # registry name; null: this entry's key (eval.towers.KEY)
+    pretrained_path: Optional[str] = None # this tower's local weights (model.pretrained_path is the distilled-on tower's)
+    lr: Optional[float] = None            # student lr on a set
+    full_lr: Optional[float] = None       # lr of the `full` upper bound on this tower
+    epochs: Optional[int] = None
+    full_epochs: Optional[int] = None
+    batch_size: Optional[int] = None
+    augment: Optional[str] = None
+    methods: Optional[list[str]] = None   # null: eval.methods
+
+    def __post_init__(self) -> None:
+        for name in ("lr", "full_lr", "epochs", "full_epochs", "batch_size"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ConfigError(f"eval.towers.*.{name} must be > 0 (or null to take eval.{name})")
+        if self.augment is not None:
+            _check_augment(self.augment, "eval.towers.*.augment")
+        _check_methods(self.methods or [], "eval.towers.*.methods")
+
+
+def _check_augment(name: str, key: str) -> None:
+    from .augment import list_augmentations
+    if name not in list_augmentations():
+        raise ConfigError(f"{key} must be one of {', '.join(list_augmentations())}; got {name!r}")
+
+
 @dataclass
 class EvalConfig:
     num_eval: int = 3                     # seeds (fresh students) per method
@@ -160,21 +201,27 @@ class EvalConfig:
     full_epochs: int = 3                  # epochs for the `full` (all training data) upper bound
     batch_size: int = 100                 # mini-batch on the set (>= n_pairs: full batch)
     lr: Optional[float] = None            # None: the set's learned lrs (buffer.lr_teacher for coresets)
+    full_lr: Optional[float] = None       # lr of the `full` upper bound; None: buffer.lr_teacher
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    augment: str = "none"                 # augmentation of the set's images in training: none | flip | flip_crop
     val_every: int = 10                   # evaluate on val every k epochs (epoch selection)
     selection: str = "val"                # val | test (the reference's best-on-test; labelled so)
     methods: list[str] = field(default_factory=lambda: ["lors", "baseline", "random", "full"])
+    coreset_space: str = "image"          # herding / kcenter features: image | text | joint
+    coreset_expert: Optional[int] = None  # expert whose last stored snapshot embeds the data; None: the first
+    towers: dict[str, EvalTowerConfig] = field(default_factory=dict)  # more towers (cross-architecture)
 
     def __post_init__(self) -> None:
         _positive(self, "num_eval", "epochs", "full_epochs", "batch_size", "val_every")
         _choice(self, "selection", ("val", "test"))
-        known = ("lors", "baseline", "random", "herding", "kcenter", "full")
-        for m in self.methods:
-            if m not in known:
-                raise ConfigError(f"eval.methods: unknown method {m!r}; known: {', '.join(known)}")
+        _choice(self, "coreset_space", ("image", "text", "joint"))
+        _check_augment(self.augment, "eval.augment")
+        _check_methods(self.methods, "eval.methods")
         if self.lr is not None and self.lr <= 0:
             raise ConfigError("eval.lr must be > 0 (or null to use the learned lrs)")
+        if self.full_lr is not None and self.full_lr <= 0:
+            raise ConfigError("eval.full_lr must be > 0 (or null to use buffer.lr_teacher)")
 
 
 @dataclass
@@ -219,7 +266,7 @@ def _choice(obj: Any, name: str, options: tuple[str, ...]) -> None:
 
 
 _SECTIONS = {"DataConfig": "data.", "ModelConfig": "model.", "BufferConfig": "buffer.",
-             "DistillConfig": "distill.", "EvalConfig": "eval."}
+             "DistillConfig": "distill.", "EvalConfig": "eval.", "EvalTowerConfig": "eval.towers.*."}
 
 
 def _section(obj: Any) -> str:

@@ -7,20 +7,27 @@ Beyond the reference, the reported epoch is chosen on the validation split (ever
 over `eval.num_eval` seeds. `eval.selection: test` reproduces the reference's best-on-test
 choice and is labelled so in every output.
 
-Methods: `lors` and `baseline` (distilled sets), `random` (random real pairs of the same
-count), `full` (all training pairs, the upper bound); coresets register more.
+Methods (a registry, `register_method`): `lors` and `baseline` (distilled sets), `random`
+(random real pairs of the same count), `herding` and `kcenter` (coresets on a trained
+expert's embeddings, `vldistill.coresets`), `full` (all training pairs, the upper bound).
+
+Towers: every method is evaluated on the tower the set was distilled with (`model.*`, with
+the `eval.*` recipe) and on each of `eval.towers` with its own recipe (cross-architecture).
 """
 from __future__ import annotations
 
 import copy
 import logging
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
 
+from .augment import augment
+from .errors import UserError
 from .models.student import DualEncoder, build_student
 from .retrieval import METRICS
 from .synset import DistilledSet
@@ -37,6 +44,55 @@ class SeedResult:
     selected: dict[str, float]      # test metrics at the chosen epoch
     final: dict[str, float]         # test metrics after the last epoch
     epoch: int                      # the chosen epoch
+    selection_score: float = float("nan")   # r_mean on the selection split at that epoch
+
+
+@dataclass(frozen=True)
+class EvalTower:
+    """One evaluation tower and its recipe, every field resolved (see `eval_towers`)."""
+
+    label: str                      # key in results.json (the registry name unless renamed)
+    image_tower: str
+    pretrained_path: str | None
+    lr: float | None                # None: the set's learned lrs
+    full_lr: float
+    epochs: int
+    full_epochs: int
+    batch_size: int
+    augment: str
+    methods: tuple[str, ...]
+    distilled_on: bool = False      # the tower the sets were distilled with
+
+    def settings(self) -> dict:
+        """The recipe as results.json records it."""
+        return {"image_tower": self.image_tower, "lr": self.lr, "full_lr": self.full_lr,
+                "epochs": self.epochs, "full_epochs": self.full_epochs,
+                "batch_size": self.batch_size, "augment": self.augment}
+
+    def build(self, cfg, data, seed: int) -> DualEncoder:
+        model_cfg = replace(cfg.model, image_tower=self.image_tower, pretrained_path=self.pretrained_path)
+        return build_student(model_cfg, data.dataset.image_size, data.text_dim, seed=seed)
+
+
+def eval_towers(cfg) -> list[EvalTower]:
+    """The distilled-on tower (model.* with eval.*), then each of eval.towers (unset: eval.*)."""
+    e = cfg.eval
+    full_lr = e.full_lr if e.full_lr is not None else cfg.buffer.lr_teacher
+    towers = [EvalTower(cfg.model.image_tower, cfg.model.image_tower, cfg.model.pretrained_path,
+                        e.lr, full_lr, e.epochs, e.full_epochs, e.batch_size, e.augment,
+                        tuple(e.methods), distilled_on=True)]
+    for key, t in e.towers.items():
+        if key == cfg.model.image_tower:
+            raise UserError(f"eval.towers.{key}: that key is the distilled-on tower's results key; "
+                            "give this entry another name and set its image_tower")
+
+        def pick(value, default):
+            return default if value is None else value
+        towers.append(EvalTower(key, t.image_tower or key, t.pretrained_path, pick(t.lr, e.lr),
+                                pick(t.full_lr, full_lr), pick(t.epochs, e.epochs),
+                                pick(t.full_epochs, e.full_epochs), pick(t.batch_size, e.batch_size),
+                                pick(t.augment, e.augment), tuple(pick(t.methods, e.methods))))
+    return towers
 
 
 class _EpochSelector:
@@ -50,57 +106,61 @@ class _EpochSelector:
     def observe(self, epoch: int) -> float:
         score = retrieval_metrics(self.model, self.data.split(self.split), self.data.text[self.split],
                                   self.device)["r_mean"]
-        if score > self.best_score:
+        if score > self.best_score:         # ties keep the earlier epoch
             self.best_score, self.best_epoch = score, epoch
             self.best_state = copy.deepcopy(self.model.state_dict())
         return score
 
     def result(self) -> SeedResult:
+        if self.best_state is None:
+            raise RuntimeError("no epoch was observed: the student was never scored")
         test = self.data.split("test"), self.data.text["test"]
         final = retrieval_metrics(self.model, *test, self.device)
         self.model.load_state_dict(self.best_state)
         selected = retrieval_metrics(self.model, *test, self.device)
-        return SeedResult(selected, final, self.best_epoch)
+        return SeedResult(selected, final, self.best_epoch, self.best_score)
 
 
 def train_on_set(cfg, data, synthetic: DistilledSet, seed: int, device: torch.device,
-                 image_tower: str | None = None, lr: float | None = None,
-                 loss_kind: str | None = None) -> SeedResult:
-    """Algorithm 2: a fresh student trained on a (distilled or coreset) set; val-selected result."""
-    e = cfg.eval
-    model = build_student(cfg.model, data.dataset.image_size, data.text_dim, seed=seed,
-                          image_tower=image_tower).to(device)
-    lr_img = lr if lr is not None else synthetic.lr_img
-    lr_txt = lr if lr is not None else synthetic.lr_txt
+                 tower: EvalTower | None = None, loss_kind: str | None = None) -> SeedResult:
+    """Algorithm 2: a fresh student trained on a (distilled or coreset) set; val-selected result.
+
+    `tower` picks the student's image tower and recipe (default: the distilled-on tower).
+    """
+    e, tower = cfg.eval, tower or eval_towers(cfg)[0]
+    model = tower.build(cfg, data, seed).to(device)
+    lr_img = tower.lr if tower.lr is not None else synthetic.lr_img
+    lr_txt = tower.lr if tower.lr is not None else synthetic.lr_txt
     optimizer = sgd_for_student(model, lr_img, lr_txt, e.momentum, e.weight_decay)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, [e.epochs // 2], gamma=0.1)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, [tower.epochs // 2], gamma=0.1)
     images, texts = synthetic.images.to(device), synthetic.text_embeddings.to(device)
     similarity = synthetic.similarity.to(device)
     kind = loss_kind or synthetic.card.get("loss", "infonce")
     generator = torch.Generator().manual_seed(seed)
     selector = _EpochSelector(model, data, e.selection, device)
-    for epoch in range(1, e.epochs + 1):
+    for epoch in range(1, tower.epochs + 1):
         model.train()
-        for idx in torch.randperm(len(images), generator=generator).split(e.batch_size):
+        for idx in torch.randperm(len(images), generator=generator).split(tower.batch_size):
             idx = idx.to(device)
             with torch.no_grad():
                 target = similarity.matrix(idx).to(device)
-            contrastive_step(model, optimizer, images[idx], texts[idx], target, kind)
+            batch = augment(images[idx], tower.augment, generator)
+            contrastive_step(model, optimizer, batch, texts[idx], target, kind)
         scheduler.step()
-        if epoch % e.val_every == 0 or epoch == e.epochs:
+        if epoch % e.val_every == 0 or epoch == tower.epochs:
             selector.observe(epoch)
     return selector.result()
 
 
 def train_on_full(cfg, data, seed: int, device: torch.device,
-                  image_tower: str | None = None) -> SeedResult:
+                  tower: EvalTower | None = None) -> SeedResult:
     """The upper bound: a student trained on every real pair with the expert recipe."""
-    model = build_student(cfg.model, data.dataset.image_size, data.text_dim, seed=seed,
-                          image_tower=image_tower).to(device)
-    lr = cfg.buffer.lr_teacher
-    optimizer = sgd_for_student(model, lr, lr, cfg.buffer.momentum, cfg.buffer.weight_decay)
+    tower = tower or eval_towers(cfg)[0]
+    model = tower.build(cfg, data, seed).to(device)
+    optimizer = sgd_for_student(model, tower.full_lr, tower.full_lr, cfg.buffer.momentum,
+                                cfg.buffer.weight_decay)
     selector = _EpochSelector(model, data, cfg.eval.selection, device)
-    for epoch in range(1, cfg.eval.full_epochs + 1):
+    for epoch in range(1, tower.full_epochs + 1):
         train_epoch_on_pairs(model, optimizer, data.dataset.train, data.text["train"],
                              cfg.buffer.batch_size, seed * 100 + epoch, device, cfg.data.num_workers,
                              mode=cfg.buffer.pairs_per_epoch)
@@ -108,73 +168,153 @@ def train_on_full(cfg, data, seed: int, device: torch.device,
     return selector.result()
 
 
-def random_pairs(cfg, data, seed: int) -> DistilledSet:
-    """N random real pairs (one caption per image), identity similarity, the expert's lr."""
-    images, texts, captions = data.real_pairs(cfg.distill.n_pairs, torch.Generator().manual_seed(seed))
+def random_pairs(cfg, data, seed: int, n: int | None = None) -> DistilledSet:
+    """n (default distill.n_pairs) random real pairs, one caption per image, identity
+    similarity, the expert's lr."""
+    images, texts, captions = data.real_pairs(n or cfg.distill.n_pairs, torch.Generator().manual_seed(seed))
     lr = cfg.buffer.lr_teacher
     return DistilledSet(images, texts, IdentitySimilarity(len(images)), lr, lr,
-                        {"loss": "infonce", "captions": captions})
+                        {"method": "random", "loss": "infonce", "captions": captions})
 
 
-MethodFn = Callable[..., SeedResult]
+# ------------------------------------------------------------------ methods, by name
+@dataclass
+class EvalContext:
+    """What methods draw on: the data, the distilled sets, the trajectory store (coresets)."""
+
+    cfg: object
+    data: object
+    device: torch.device
+    sets: dict[str, DistilledSet]
+    store: object = None                    # vldistill.experts.TrajectoryStore
+    cache: dict = field(default_factory=dict)   # per-evaluation work shared by seeds and towers
+
+    @property
+    def n_pairs(self) -> int:
+        """The pair count every method is held to: the sets' own, else distill.n_pairs."""
+        counts = {s.n_pairs for s in self.sets.values()}
+        if len(counts) > 1:
+            raise UserError(f"the sets to compare have different pair counts {sorted(counts)}")
+        return counts.pop() if counts else self.cfg.distill.n_pairs
 
 
-def _evaluate_set(synthetic: DistilledSet | None) -> MethodFn:
-    def run(cfg, data, seed, device, image_tower=None, lr=None):
-        return train_on_set(cfg, data, synthetic, seed, device, image_tower, lr)
+MethodFn = Callable[[EvalContext, EvalTower, int], SeedResult]     # (context, tower, seed)
+_METHODS: dict[str, MethodFn] = {}
+DISTILLED = ("lors", "baseline")            # methods whose set comes from distillation
+
+
+def register_method(name: str):
+    """Decorator: `fn(ctx, tower, seed) -> SeedResult` becomes `eval.methods: [NAME]`."""
+    def wrap(fn: MethodFn) -> MethodFn:
+        _METHODS[name] = fn
+        return fn
+    return wrap
+
+
+def list_methods() -> list[str]:
+    return sorted(_METHODS)
+
+
+def _distilled(name: str) -> MethodFn:
+    def run(ctx: EvalContext, tower: EvalTower, seed: int) -> SeedResult:
+        return train_on_set(ctx.cfg, ctx.data, ctx.sets[name], seed, ctx.device, tower)
     return run
 
 
-def method_runner(name: str, sets: dict[str, DistilledSet]) -> MethodFn:
-    """How one seed of a method is trained and scored."""
-    if name in sets:
-        return _evaluate_set(sets[name])
-    if name == "random":
-        def run(cfg, data, seed, device, image_tower=None, lr=None):
-            return train_on_set(cfg, data, random_pairs(cfg, data, seed), seed, device, image_tower, lr)
-        return run
-    if name == "full":
-        def run(cfg, data, seed, device, image_tower=None, lr=None):
-            return train_on_full(cfg, data, seed, device, image_tower)
-        return run
-    raise KeyError(name)
+for _name in DISTILLED:
+    register_method(_name)(_distilled(_name))
 
 
-def summarize(results: list[SeedResult], selection: str) -> dict:
-    """Mean and std over seeds of the selected epoch's metrics (+ the final epoch's)."""
+@register_method("random")
+def _random(ctx: EvalContext, tower: EvalTower, seed: int) -> SeedResult:
+    return train_on_set(ctx.cfg, ctx.data, random_pairs(ctx.cfg, ctx.data, seed, ctx.n_pairs),
+                        seed, ctx.device, tower)
+
+
+@register_method("full")
+def _full(ctx: EvalContext, tower: EvalTower, seed: int) -> SeedResult:
+    return train_on_full(ctx.cfg, ctx.data, seed, ctx.device, tower)
+
+
+def coreset_for(ctx: EvalContext, method: str, seed: int) -> DistilledSet:
+    """The herding / kcenter set of this evaluation (expert embeddings computed once)."""
+    from .coresets import expert_embeddings, select_coreset
+    if ctx.store is None:
+        raise UserError(f"{method} needs a trajectory store (the expert embeds the data): "
+                        "run the buffer stage or set buffer.dir")
+    if "expert_embeddings" not in ctx.cache:
+        ctx.cache["expert_embeddings"] = expert_embeddings(ctx.cfg, ctx.data, ctx.store, ctx.device,
+                                                           ctx.cfg.eval.coreset_expert)
+    return select_coreset(method, ctx.cache["expert_embeddings"], ctx.data, ctx.n_pairs,
+                          ctx.cfg.eval.coreset_space, ctx.cfg.buffer.lr_teacher,
+                          torch.Generator().manual_seed(seed))
+
+
+def _coreset(method: str) -> MethodFn:
+    def run(ctx: EvalContext, tower: EvalTower, seed: int) -> SeedResult:
+        return train_on_set(ctx.cfg, ctx.data, coreset_for(ctx, method, seed), seed, ctx.device, tower)
+    return run
+
+
+for _name in ("herding", "kcenter"):
+    register_method(_name)(_coreset(_name))
+
+
+# ------------------------------------------------------------------ seeds, summaries, towers
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample std (n - 1); std 0 for one seed."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarize(results: list[SeedResult], selection: str, seeds: list[int] | None = None) -> dict:
+    """Mean and std over seeds of the selected epoch's test metrics, the final epoch's beside
+    them, the per-seed numbers, and the selection rule's label."""
     out: dict = {}
+    final: dict = {}
     for key in METRICS:
-        values = [r.selected[key] for r in results]
-        out[key] = statistics.fmean(values)
-        out[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
-    final = [r.final["r_mean"] for r in results]
-    out["final"] = {key: statistics.fmean(r.final[key] for r in results) for key in METRICS}
-    out["final"]["r_mean_std"] = statistics.stdev(final) if len(final) > 1 else 0.0
+        out[key], out[f"{key}_std"] = _mean_std([r.selected[key] for r in results])
+        final[key], final[f"{key}_std"] = _mean_std([r.final[key] for r in results])
+    out["final"] = final
     out["n_seeds"] = len(results)
     out["selected_epochs"] = [r.epoch for r in results]
     out["selection"] = SELECTION_LABELS[selection]
+    out["per_seed"] = [{"seed": s, "epoch": r.epoch, "selection_r_mean": r.selection_score,
+                        "r_mean": r.selected["r_mean"], "final_r_mean": r.final["r_mean"]}
+                       for s, r in zip(seeds or [None] * len(results), results)]
     return out
 
 
-def evaluate_methods(cfg, data, sets: dict[str, DistilledSet], device: torch.device,
-                     methods: list[str] | None = None, image_tower: str | None = None) -> dict:
-    """Every requested method x `eval.num_eval` seeds; returns {method: summary}."""
-    methods = methods or cfg.eval.methods
+def evaluate_methods(ctx: EvalContext, tower: EvalTower | None = None,
+                     methods: list[str] | None = None) -> dict:
+    """Every requested method x `eval.num_eval` seeds on one tower; returns {method: summary}."""
+    cfg = ctx.cfg
+    tower = tower or eval_towers(cfg)[0]
     summaries = {}
-    for name in methods:
-        try:
-            runner = method_runner(name, sets)
-        except KeyError:
-            log.warning("method %s skipped: no set for it in this run", name)
-            continue
+    for name in methods or tower.methods:
+        if name not in _METHODS:
+            raise UserError(f"unknown evaluation method {name!r}; known: {', '.join(list_methods())}")
+        if name in DISTILLED and name not in ctx.sets:
+            raise UserError(f"eval.methods asks for {name!r} but there is no {name} set to evaluate")
         seeds = [cfg.seed * 1000 + 17 + s for s in range(cfg.eval.num_eval)]
-        results = [runner(cfg, data, seed, device, image_tower, cfg.eval.lr)
-                   for seed in tqdm(seeds, desc=f"eval {name}", unit="seed")]
-        summaries[name] = summarize(results, cfg.eval.selection)
-        log.info("%s: r_mean %.2f +- %.2f (final epoch %.2f)", name, summaries[name]["r_mean"],
-                 summaries[name]["r_mean_std"], summaries[name]["final"]["r_mean"])
+        run_seed = partial(_METHODS[name], ctx, tower)
+        results = [run_seed(seed) for seed in tqdm(seeds, desc=f"eval {name} on {tower.label}", unit="seed")]
+        summaries[name] = summarize(results, cfg.eval.selection, seeds)
+        log.info("%s on %s: r_mean %.2f +- %.2f (final epoch %.2f)", name, tower.label,
+                 summaries[name]["r_mean"], summaries[name]["r_mean_std"],
+                 summaries[name]["final"]["r_mean"])
     return summaries
 
 
-__all__ = ["SeedResult", "evaluate_methods", "random_pairs", "summarize", "train_on_full",
-           "train_on_set"]
+def evaluate_all(ctx: EvalContext) -> dict:
+    """results.json's body: `methods` on the distilled-on tower, `towers` for the others."""
+    towers = eval_towers(ctx.cfg)
+    out = {"methods": evaluate_methods(ctx, towers[0]), "towers": {}}
+    for tower in towers[1:]:
+        out["towers"][tower.label] = {"settings": tower.settings(),
+                                      "methods": evaluate_methods(ctx, tower)}
+    return out
+
+
+__all__ = ["DISTILLED", "EvalContext", "EvalTower", "SeedResult", "evaluate_all",
+           "evaluate_methods", "eval_towers", "list_methods", "random_pairs", "register_method",
+           "summarize", "train_on_full", "train_on_set"]

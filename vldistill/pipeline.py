@@ -6,7 +6,7 @@
     RUN_DIR/set.{safetensors,json}            the LoRS set (distill.sim_kind)
     RUN_DIR/baseline/set.{safetensors,json}   the identity-similarity baseline
     RUN_DIR/checkpoints/                      distill checkpoints
-    RUN_DIR/results.json, RUN_DIR/report/     evaluation and inspection
+    RUN_DIR/results.json, RUN_DIR/report/     evaluation and inspection (report/report.html)
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import logging
 import platform
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -23,11 +23,14 @@ from . import __version__
 from .config import Config, to_yaml
 from .data import PreparedData, prepare_data
 from .distill import run_distill
-from .evaluate import evaluate_methods
+from .errors import UserError
+from .evaluate import EvalContext, evaluate_all
 from .experts import TrajectoryStore, run_buffer
 from .io import append_jsonl, read_json, write_json, write_text
-from .report import decode_captions, denormalize, results_table, save_image_grid, save_similarity_heatmap
-from .synset import DistilledSet
+from .figures import read_metrics
+from .html_report import ReportInputs, write_report
+from .report import card_captions, results_table
+from .synset import DistilledSet, update_card
 
 log = logging.getLogger(__name__)
 
@@ -124,35 +127,88 @@ def stage_distill(run: Run, data: PreparedData, methods: list[str] | None = None
         path.parent.mkdir(parents=True, exist_ok=True)
         sets[method] = run_distill(run.cfg, data, run.store, path, run.checkpoint_path(method),
                                    run.metrics_path, kind, run.device)
+        update_card(path, {"method": method, "config": asdict(run.cfg)})
     return sets
 
 
-def stage_eval(run: Run, data: PreparedData, sets: dict[str, DistilledSet]) -> dict:
-    summaries = evaluate_methods(run.cfg, data, sets, run.device)
-    results = {"dataset": data.dataset.name, "n_pairs": run.cfg.distill.n_pairs,
-               "methods": summaries,
-               "eval": {"selection": run.cfg.eval.selection, "num_eval": run.cfg.eval.num_eval,
-                        "epochs": run.cfg.eval.epochs, "lr": run.cfg.eval.lr,
-                        "image_tower": run.cfg.model.image_tower}}
-    write_json(run.dir / "results.json", results)
-    append_jsonl(run.metrics_path, {"stage": "eval", **{m: s["r_mean"] for m, s in summaries.items()}})
+def stage_eval(run: Run, data: PreparedData, sets: dict[str, DistilledSet],
+               set_paths: dict[str, Path] | None = None) -> dict:
+    """Every method on every evaluation tower -> RUN_DIR/results.json.
+
+    The run's own sets get their metrics in their cards. Sets from elsewhere (`set_paths`,
+    `vldistill eval CONFIG set=PATH`) are left untouched, and their results are merged into
+    the run_dir's results.json (refused if it holds results of another set under that name).
+    """
+    for synthetic in sets.values():
+        synthetic.check_fits(data)
+    cfg = run.cfg
+    ctx = EvalContext(cfg, data, run.device, sets, run.store)
+    body = evaluate_all(ctx)
+    distilled_on = {s.card.get("image_tower") for s in sets.values()} - {None}
+    results = {"dataset": data.dataset.name, "n_pairs": ctx.n_pairs, **body,
+               "eval": {"selection": cfg.eval.selection, "num_eval": cfg.eval.num_eval,
+                        "epochs": cfg.eval.epochs, "lr": cfg.eval.lr, "augment": cfg.eval.augment,
+                        "image_tower": cfg.model.image_tower,
+                        "distilled_on": sorted(distilled_on)[0] if len(distilled_on) == 1 else None}}
+    external = set_paths is not None
+    results["sets"] = {m: str(p) for m, p in (set_paths or {m: run.set_path(m) for m in sets}).items()}
+    path = run.dir / "results.json"
+    if external and path.is_file():
+        results = merge_results(read_json(path), results)
+    write_json(path, results)
+    append_jsonl(run.metrics_path, {"stage": "eval", **{m: s["r_mean"] for m, s in body["methods"].items()}})
+    for method in [] if external else sets:
+        if run.set_path(method).with_suffix(".json").is_file():
+            update_card(run.set_path(method), {"metrics": _card_metrics(method, results)})
     return results
 
 
+def _card_metrics(method: str, results: dict) -> dict:
+    """A set's results on every evaluation tower, for its card."""
+    towers = {results["eval"]["image_tower"]: results["methods"]} | {
+        label: entry["methods"] for label, entry in results.get("towers", {}).items()}
+    keep = ("img_r1", "img_r5", "img_r10", "txt_r1", "txt_r5", "txt_r10", "r_mean", "r_mean_std",
+            "n_seeds", "selection")
+    return {label: {k: methods[method][k] for k in keep} | {"final_r_mean": methods[method]["final"]["r_mean"]}
+            for label, methods in towers.items() if method in methods}
+
+
+def merge_results(old: dict, new: dict) -> dict:
+    """New methods (and towers) replace same-named old ones; the rest of the old run stays."""
+    for method, source in new.get("sets", {}).items():
+        before = old.get("sets", {}).get(method)
+        if method in old.get("methods", {}) and before not in (None, source):
+            raise UserError(f"results.json in this run_dir holds {method} results of the set "
+                            f"{before!r}, not of {source!r}: give another run_dir")
+    for key in ("dataset", "n_pairs"):
+        if old.get(key) != new.get(key):
+            raise UserError(f"results.json in this run_dir is for {key}={old.get(key)!r}, this "
+                            f"evaluation has {new.get(key)!r}: give another run_dir")
+    if old.get("eval", {}).get("image_tower") != new["eval"]["image_tower"]:
+        raise UserError(f"results.json in this run_dir was evaluated on "
+                        f"{old.get('eval', {}).get('image_tower')!r}, this config on "
+                        f"{new['eval']['image_tower']!r}: give another run_dir")
+    towers = dict(old.get("towers", {}))
+    for label, entry in new.get("towers", {}).items():
+        towers[label] = entry | {"methods": towers.get(label, {}).get("methods", {}) | entry["methods"]}
+    return new | {"methods": old.get("methods", {}) | new["methods"], "towers": towers,
+                  "sets": old.get("sets", {}) | new.get("sets", {})}
+
+
 def stage_report(run: Run, data: PreparedData, sets: dict[str, DistilledSet]) -> str:
-    """PNGs of the set (images with decoded captions, similarity heat map) and the table."""
-    out = run.dir / "report"
-    out.mkdir(exist_ok=True)
-    for method, synthetic in sets.items():
-        decoded = decode_captions(synthetic.text_embeddings, data.text["train"],
-                                  data.dataset.train.captions, k=1)
-        images = denormalize(synthetic.images, data.dataset.mean, data.dataset.std)
-        save_image_grid(images, [d[0][0] for d in decoded], out / f"{method}_grid.png")
-        if synthetic.similarity.kind != "identity":
-            save_similarity_heatmap(synthetic.similarity_matrix(), out / f"{method}_similarity.png",
-                                    f"{method}: learned similarity ({synthetic.similarity.kind})")
+    """report/report.html and its PNGs; the decoded captions go into each set's card.
+    Returns the results table."""
     results_path = run.dir / "results.json"
-    return results_table(read_json(results_path)) if results_path.is_file() else ""
+    results = read_json(results_path) if results_path.is_file() else None
+    inputs = ReportInputs(f"vldistill report: {run.dir}", sets, data.text["train"],
+                          data.dataset.train.captions, data.dataset.mean, data.dataset.std,
+                          results, read_metrics(run.metrics_path))
+    page, inspections = write_report(inputs, run.dir / "report")
+    for method, inspection in inspections.items():
+        if run.set_path(method).with_suffix(".json").is_file():
+            update_card(run.set_path(method), {"decoded_captions": card_captions(inspection)})
+    log.info("report: %s", page)
+    return results_table(results) if results else ""
 
 
 def run_all(run: Run) -> str:

@@ -1,21 +1,40 @@
-"""Looking inside a distilled set, and the results table.
+"""Results tables, and looking inside a distilled set.
 
-- `results_table(results)`: methods x IR@1/5/10, TR@1/5/10, r_mean +- std as markdown.
-- `decode_captions(...)`: nearest training captions of synthetic text embeddings (cosine).
-- `save_image_grid(...)`: synthetic images, each with its decoded caption, as a PNG.
-- `save_similarity_heatmap(...)`: the learned similarity matrix as a PNG heat map.
+Tables (markdown for the terminal, the same rows as HTML in report.html):
+- `results_table(results)`: one run's methods x IR@1/5/10, TR@1/5/10, r_mean, each mean ± std
+  over seeds at the selected epoch, the final epoch's r_mean beside, then the cross-tower
+  transfer table when the run evaluated on more towers.
+- `compare_table(runs)`: one table over several runs (run x tower x method rows), the way
+  papers present them.
+
+Every row carries its epoch-selection rule; numbers chosen on the test split (the reference's
+protocol, `eval.selection: test`) are marked † and footnoted, never shown as plain numbers.
+
+Inspection: `decode_captions` (nearest real captions of synthetic text embeddings, by cosine,
+through faiss), `inspect_set` (captions before and after distillation, how far each text
+embedding moved, the strongest off-diagonal similarities: the mined false negatives).
 """
 from __future__ import annotations
 
-from pathlib import Path
+import html
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
+from .neighbours import knn
+
 METHOD_ORDER = ("lors", "baseline", "random", "herding", "kcenter", "full")
 COLUMNS = (("IR@1", "img_r1"), ("IR@5", "img_r5"), ("IR@10", "img_r10"),
            ("TR@1", "txt_r1"), ("TR@5", "txt_r5"), ("TR@10", "txt_r10"))
+TEST_MARK = "†"
+TEST_NOTE = (f"{TEST_MARK} epoch chosen on the TEST split (the reference's protocol, "
+             "eval.selection: test): optimistic, not comparable with val-selected numbers")
+LEGEND = ("IR = text→image, TR = image→text Recall@K (%), r_mean = mean of the six; "
+          "mean ± sample std over seeds at the epoch chosen on val; final = last epoch")
+
+Table = tuple[list[str], list[list[str]]]       # header, rows of cells
 
 
 def _ordered(methods: dict) -> list[str]:
@@ -23,94 +42,194 @@ def _ordered(methods: dict) -> list[str]:
     return known + sorted(m for m in methods if m not in METHOD_ORDER)
 
 
-def results_table(results: dict) -> str:
-    """Markdown table of a results.json dict (val-selected numbers; final-epoch r_mean beside)."""
+def _on_test(summary: dict) -> bool:
+    return "TEST" in summary.get("selection", "")
+
+
+def _pm(summary: dict, key: str, digits: int = 1) -> str:
+    return f"{summary[key]:.{digits}f} ± {summary.get(f'{key}_std', 0.0):.{digits}f}"
+
+
+def _metric_cells(summary: dict) -> list[str]:
+    final = summary.get("final") or {}
+    return ([_pm(summary, key) for _, key in COLUMNS] + [_pm(summary, "r_mean", 2)]
+            + [_pm(final, "r_mean", 2) if "r_mean" in final else "-", str(summary.get("n_seeds", ""))])
+
+
+def _method_label(name: str, summary: dict) -> str:
+    return f"{name} {TEST_MARK}" if _on_test(summary) else name
+
+
+def _source(results: dict) -> str | None:
+    """The image tower the sets were distilled with (None: no distilled set was evaluated)."""
+    ev = results.get("eval", {})
+    return ev["distilled_on"] if "distilled_on" in ev else ev.get("image_tower")
+
+
+def _towers(results: dict) -> list[tuple[str, dict, bool]]:
+    """(tower label, its methods, distilled on it?), the config's own tower first."""
+    source = _source(results)
+    home = results.get("eval", {}).get("image_tower", "?")
+    return [(home, results["methods"], home == source)] + [
+        (label, entry["methods"], entry.get("settings", {}).get("image_tower", label) == source)
+        for label, entry in results.get("towers", {}).items()]
+
+
+def method_rows(results: dict) -> Table:
+    """One run on its distilled-on tower: a row per method."""
     header = ["method"] + [name for name, _ in COLUMNS] + ["r_mean", "final r_mean", "seeds"]
+    rows = [[_method_label(name, results["methods"][name])] + _metric_cells(results["methods"][name])
+            for name in _ordered(results["methods"])]
+    return header, rows
+
+
+def transfer_rows(results: dict) -> Table:
+    """Cross-architecture: a row per method, a column per evaluation tower (r_mean ± std)."""
+    towers = _towers(results)
+    header = ["method"] + [f"{label} (distilled on)" if own else label for label, _, own in towers]
+    names = _ordered({m: None for _, methods, _ in towers for m in methods})
+    rows = []
+    for name in names:
+        cells = [name]
+        for _, methods, _ in towers:
+            s = methods.get(name)
+            cells.append("-" if s is None else _pm(s, "r_mean", 2) + (f" {TEST_MARK}" if _on_test(s) else ""))
+        rows.append(cells)
+    return header, rows
+
+
+def compare_rows(runs: Sequence[tuple[str, dict]]) -> Table:
+    """Several runs in one table: a row per run x evaluation tower x method."""
+    header = (["run", "dataset", "pairs", "eval tower", "method", "selection"]
+              + [name for name, _ in COLUMNS] + ["r_mean", "final r_mean", "seeds"])
+    rows = []
+    for label, results in runs:
+        for tower, methods, own in _towers(results):
+            for name in _ordered(methods):
+                s = methods[name]
+                rows.append([label, str(results.get("dataset", "?")), str(results.get("n_pairs", "?")),
+                             tower + (" (distilled on)" if own else ""), name,
+                             f"TEST {TEST_MARK}" if _on_test(s) else "val"] + _metric_cells(s))
+    return header, rows
+
+
+def markdown(table: Table) -> str:
+    header, rows = table
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for name in _ordered(results["methods"]):
-        m = results["methods"][name]
-        cells = [name] + [f"{m[key]:.1f}" for _, key in COLUMNS]
-        cells.append(f"{m['r_mean']:.2f} ± {m['r_mean_std']:.2f}")
-        final = m.get("final", {})
-        cells.append(f"{final['r_mean']:.2f} ± {final.get('r_mean_std', 0):.2f}" if final else "-")
-        cells.append(str(m.get("n_seeds", "")))
-        lines.append("| " + " | ".join(cells) + " |")
-    selection = next(iter(results["methods"].values()), {}).get("selection", "")
-    title = f"{results.get('dataset', '?')}, {results.get('n_pairs', '?')} pairs"
-    return f"{title} — test split, {selection}; IR = text→image, TR = image→text\n\n" + "\n".join(lines)
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
+def html_table(table: Table) -> str:
+    header, rows = table
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _notes(summaries: list[dict]) -> str:
+    return f"\n\n{TEST_NOTE}" if any(_on_test(s) for s in summaries) else ""
+
+
+def _all_summaries(results: dict) -> list[dict]:
+    return [s for _, methods, _ in _towers(results) for s in methods.values()]
+
+
+def results_title(results: dict) -> str:
+    """Dataset, pair count, and which tower the methods table was evaluated on."""
+    home, _, own = _towers(results)[0]
+    source = _source(results)
+    where = " (the distilled-on tower)" if own else (f"; the sets were distilled on {source}" if source else "")
+    return (f"{results.get('dataset', '?')}, {results.get('n_pairs', '?')} pairs, test split, "
+            f"evaluated on {home}{where}")
+
+
+def results_table(results: dict) -> str:
+    """One run's results as markdown: the methods table, then the transfer table if any."""
+    text = f"{results_title(results)}\n{LEGEND}\n\n{markdown(method_rows(results))}"
+    if results.get("towers"):
+        text += ("\n\nCross-architecture transfer: r_mean (val-selected, ± std over seeds) of "
+                 "students with other image towers, each with its own recipe\n\n"
+                 + markdown(transfer_rows(results)) + "\n\n" + tower_settings(results))
+    return text + _notes(_all_summaries(results))
+
+
+def tower_settings(results: dict) -> str:
+    """One line per extra evaluation tower: the recipe its students trained with."""
+    lines = []
+    for label, entry in results.get("towers", {}).items():
+        s = entry.get("settings", {})
+        lr = "learned lrs" if s.get("lr") is None else f"lr {s['lr']:g}"
+        lines.append(f"- {label}: {s.get('image_tower', label)}, {lr}, {s.get('epochs')} epochs, "
+                     f"augment {s.get('augment')}, full: lr {s.get('full_lr')}, "
+                     f"{s.get('full_epochs')} epochs")
+    return "\n".join(lines)
+
+
+def compare_table(runs: Sequence[tuple[str, dict]]) -> str:
+    """Several runs' results.json in one markdown table."""
+    summaries = [s for _, r in runs for s in _all_summaries(r)]
+    return (f"Test split; {LEGEND}\n\n" + markdown(compare_rows(runs)) + _notes(summaries))
+
+
+# ------------------------------------------------------------------ inspection
 @torch.no_grad()
 def decode_captions(embeddings: torch.Tensor, bank: torch.Tensor, captions: Sequence[str],
-                    k: int = 1) -> list[list[tuple[str, float]]]:
-    """For each embedding, the k nearest captions of the bank by cosine similarity."""
+                    k: int = 1, backend: str = "faiss") -> list[list[tuple[str, float]]]:
+    """For each embedding, the k nearest distinct captions of the bank by cosine (faiss)."""
     unique: dict[str, int] = {}
     for i, caption in enumerate(captions):
         unique.setdefault(caption, i)
     rows = torch.tensor(list(unique.values()))
     names = list(unique)
-    scores = F.normalize(embeddings.float(), dim=-1) @ F.normalize(bank[rows].float(), dim=-1).t()
-    top = scores.topk(min(k, len(names)), dim=1)
-    return [[(names[j], float(s)) for s, j in zip(vals.tolist(), idx.tolist())]
-            for vals, idx in zip(top.values, top.indices)]
+    found = knn(embeddings, bank[rows], min(k, len(names)), "cosine", backend=backend)
+    return [[(names[j], float(s)) for s, j in zip(scores.tolist(), idx.tolist())]
+            for scores, idx in zip(found.scores, found.indices)]
 
 
-def denormalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """Back to [0, 1] pixels for display (values outside are clipped)."""
-    m = torch.tensor(mean).view(1, 3, 1, 1)
-    s = torch.tensor(std).view(1, 3, 1, 1)
-    return (images.float().cpu() * s + m).clamp(0, 1)
+def false_negatives(matrix: torch.Tensor, k: int = 10) -> list[tuple[int, int, float]]:
+    """The k largest off-diagonal entries S[i, j] (i != j), largest first: pairs the learned
+    similarity treats as partly matching, i.e. the false negatives LoRS mined."""
+    values = matrix.detach().float().cpu().clone()
+    values.fill_diagonal_(float("-inf"))
+    top = values.flatten().topk(min(k, values.numel() - len(values)))
+    n = values.shape[1]
+    return [(int(i) // n, int(i) % n, float(v)) for v, i in zip(top.values, top.indices)]
 
 
-def save_image_grid(images: torch.Tensor, captions: Sequence[str], path: str | Path,
-                    columns: int = 10, max_images: int = 50) -> Path:
-    """A grid of (denormalized) images with a caption under each."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    n = min(len(images), max_images)
-    rows = -(-n // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.9, rows * 2.2), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for i in range(n):
-        ax = axes.flat[i]
-        ax.imshow(images[i].permute(1, 2, 0).numpy(), interpolation="nearest")
-        ax.set_title(_wrap(captions[i], 22), fontsize=6)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+@dataclass
+class SetInspection:
+    """What a report shows about one set."""
+
+    before: list[str]                       # the caption each pair started from ("" if unknown)
+    after: list[list[tuple[str, float]]]    # top-k nearest real captions of the final embedding
+    moved: list[float]                      # cosine between the initial and the final embedding
+    pairs: list[tuple[int, int, float]]     # strongest off-diagonal similarities (empty: identity)
 
 
-def _wrap(text: str, width: int) -> str:
-    words, lines, line = text.split(), [], ""
-    for word in words:
-        if len(line) + len(word) + 1 > width and line:
-            lines.append(line)
-            line = word
-        else:
-            line = f"{line} {word}".strip()
-    lines.append(line)
-    return "\n".join(lines[:3])
+def inspect_set(synthetic, text_bank: torch.Tensor, captions: Sequence[str], k: int = 3,
+                n_pairs: int = 10) -> SetInspection:
+    """Decode a set's text embeddings against the training captions, before and after."""
+    init = synthetic.card.get("init_captions") or []
+    after = decode_captions(synthetic.text_embeddings, text_bank, captions, k)
+    if len(init) == synthetic.n_pairs:
+        start = text_bank[torch.tensor(init)].float()
+        moved = F.cosine_similarity(start, synthetic.text_embeddings.float(), dim=1).tolist()
+        before = [captions[j] for j in init]
+    else:
+        moved, before = [float("nan")] * synthetic.n_pairs, [""] * synthetic.n_pairs
+    pairs = [] if synthetic.similarity.kind == "identity" else false_negatives(
+        synthetic.similarity_matrix(), n_pairs)
+    return SetInspection(before, after, moved, pairs)
 
 
-def save_similarity_heatmap(matrix: torch.Tensor, path: str | Path, title: str = "") -> Path:
-    """The learned similarity matrix; a diverging colour map centred on 0."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    values = matrix.float().cpu().numpy()
-    bound = max(abs(values.min()), abs(values.max()), 1e-6)
-    fig, ax = plt.subplots(figsize=(6, 5))
-    im = ax.imshow(values, cmap="RdBu_r", vmin=-bound, vmax=bound, interpolation="nearest")
-    fig.colorbar(im, ax=ax)
-    ax.set_title(title or "learned similarity S")
-    ax.set_xlabel("synthetic text j")
-    ax.set_ylabel("synthetic image i")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+def card_captions(inspection: SetInspection) -> dict:
+    """The decoded captions as the set card stores them."""
+    return {"before": inspection.before,
+            "after": [[{"caption": c, "cosine": round(s, 4)} for c, s in top] for top in inspection.after],
+            "cosine_to_init": [round(m, 4) for m in inspection.moved],
+            "false_negatives": [{"i": i, "j": j, "s": round(v, 4)} for i, j, v in inspection.pairs]}
+
+
+__all__ = ["SetInspection", "card_captions", "compare_rows", "compare_table", "decode_captions",
+           "false_negatives", "html_table", "inspect_set", "markdown", "method_rows",
+           "results_table", "results_title", "transfer_rows"]

@@ -9,6 +9,7 @@ back, from safetensors only.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from .io import read_tensors, write_json, write_tensors
 from .similarity import Similarity, similarity_from_state
 
 SET_FORMAT = 1
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -56,6 +59,23 @@ class DistilledSet:
         sim = self.similarity
         return {"kind": sim.kind, "rank": getattr(sim, "rank", None), "alpha": getattr(sim, "alpha", None)}
 
+    def check_fits(self, data) -> None:
+        """Refuse to train on data the set cannot mean anything for: its text embeddings live
+        in one text tower's space and its images have one size; other data is only warned of."""
+        card = self.card
+        expected = {"text_tower": data.text_tower, "image_size": data.dataset.image_size}
+        for key, value in expected.items():
+            if key in card and card[key] != value:
+                raise UserError(f"this set was distilled with {key}={card[key]!r}, the config has "
+                                f"{value!r}: evaluate it with the same {key}")
+        if self.text_embeddings.shape[1] != data.text_dim:
+            raise UserError(f"this set's text embeddings have {self.text_embeddings.shape[1]} dims, "
+                            f"the config's text tower gives {data.text_dim}")
+        if card.get("dataset_fingerprint") not in (None, data.dataset.fingerprint):
+            log.warning("this set was distilled on other training data (%s, fingerprint %s) than "
+                        "it is evaluated with (%s, %s)", card.get("dataset"),
+                        card.get("dataset_fingerprint"), data.dataset.name, data.dataset.fingerprint)
+
     @classmethod
     def load(cls, path: str | Path) -> "DistilledSet":
         """Load a set from PATH.safetensors (+ PATH.json); PATH may be a run directory."""
@@ -76,3 +96,10 @@ class DistilledSet:
                                            rank=spec.get("rank") or 1, alpha=spec.get("alpha") or 1.0)
         return cls(tensors["images"], tensors["text_embeddings"], similarity,
                    float(tensors["lr_img"]), float(tensors["lr_txt"]), card)
+
+
+def update_card(path: str | Path, fields: dict) -> Path:
+    """Merge `fields` into a saved set's JSON card (atomically); the tensors are not touched."""
+    card_file = Path(path).with_suffix("").with_suffix(".json")
+    card = json.loads(card_file.read_text()) if card_file.is_file() else {}
+    return write_json(card_file, card | fields)
