@@ -125,6 +125,7 @@ class DistillConfig:
     ema_decay: float = 0.0                # >0: keep an EMA of the set and export it
     checkpoint_every: int = 100
     max_bad_steps: int = 5                # consecutive non-finite iterations before the run stops
+    max_lr: Optional[float] = None        # a learned-lr update above this is refused (null: only non-finite ones)
     resume: bool = False
 
     def __post_init__(self) -> None:
@@ -146,6 +147,12 @@ class DistillConfig:
             raise ConfigError(f"distill.rank ({self.rank}) must be <= distill.n_pairs ({self.n_pairs})")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError("distill.ema_decay must be in [0, 1)")
+        if self.max_lr is not None and self.max_lr <= self.lr_teacher:
+            raise ConfigError(f"distill.max_lr ({self.max_lr}) must be > distill.lr_teacher "
+                              f"({self.lr_teacher}), the lrs' initial value (or null for no bound)")
+        if self.learn_lr and self.lr_param == "linear" and self.lr_teacher < self.min_lr:
+            raise ConfigError(f"distill.lr_teacher ({self.lr_teacher}) is below distill.min_lr "
+                              f"({self.min_lr}), where linear lrs are clamped: lower min_lr")
 
     @property
     def last_epoch_used(self) -> int:
@@ -230,6 +237,7 @@ class Config:
     seed: int = 0
     device: str = "auto"                  # auto | cpu | cuda | cuda:N
     threads: int = 0                      # torch.set_num_threads; 0 leaves torch's default
+    deterministic: bool = False           # deterministic GPU kernels (slower); CPU runs are deterministic anyway
     cache_dir: Optional[str] = None       # text-embedding cache; default ~/.cache/vldistill
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -240,6 +248,8 @@ class Config:
     def __post_init__(self) -> None:
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, not {self.device!r}")
+        if self.threads < 0:
+            raise ConfigError(f"threads must be >= 0 (0: torch's default), got {self.threads}")
         last = self.distill.last_epoch_used
         if last > self.buffer.epochs:
             raise ConfigError(

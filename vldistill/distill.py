@@ -5,7 +5,13 @@ Each iteration picks an expert and a start epoch s, takes T student steps on the
 set from snapshot s and compares the result with snapshot s + M (`vldistill.matching`);
 SGD with momentum then updates the images, text embeddings, similarity parameters and lrs.
 All randomness of the stage comes from one generator whose state is checkpointed, so a
-resumed run continues exactly where the interrupted one was.
+resumed run continues exactly where the interrupted one was (`vldistill.checkpoint`).
+
+Faults: an iteration whose matching loss or any gradient (images, texts, similarity, lrs) is
+not finite is skipped before the update and counted; `max_bad_steps` in a row stop the run
+with `NonFiniteError`, the last good checkpoint kept. An lr update that would make a learned
+lr non-finite or exceed `max_lr` is undone and reported; a linear lr is clamped at `min_lr`.
+SIGINT/SIGTERM finish the current iteration, write a checkpoint, then stop.
 """
 from __future__ import annotations
 
@@ -17,9 +23,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .errors import UserError
+from .checkpoint import BestSoFar, read_checkpoint, seed_global_rngs, write_checkpoint
+from .errors import NonFiniteError, UserError
 from .experts import TrajectoryStore, store_manifest
-from .io import append_jsonl, read_tensors, write_json, write_tensors
+from .interrupts import deferred_interrupts
+from .io import append_jsonl, remove_leftover_temps
 from .matching import sample_batches, tesla_match
 from .models.student import FunctionalStudent, build_student
 from .similarity import build_similarity
@@ -28,8 +36,7 @@ from .synset import DistilledSet
 log = logging.getLogger(__name__)
 
 
-class NonFiniteError(UserError):
-    """Distillation produced NaN/inf for too many iterations in a row."""
+__all__ = ["Distiller", "NonFiniteError", "init_synthetic", "run_distill"]
 
 
 def init_synthetic(cfg, data, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
@@ -59,7 +66,7 @@ class Distiller:
         images, texts, self.init_captions = init_synthetic(cfg, data, self.generator)
         self.images = images.to(device).requires_grad_(True)
         self.texts = texts.to(device).requires_grad_(True)
-        torch.manual_seed(cfg.seed)
+        seed_global_rngs(cfg.seed)
         self.similarity = build_similarity(sim_kind, d.n_pairs, d.rank, d.alpha).to(device)
         init_lr = math.log(d.lr_teacher) if d.lr_param == "log" else d.lr_teacher
         self.lr_raw = torch.full((2,), init_lr, device=device, requires_grad=d.learn_lr)
@@ -75,6 +82,7 @@ class Distiller:
                                                        data.text_dim, seed=0).to(device))
         self.ema = [t.detach().clone() for t in self._exported()] if d.ema_decay > 0 else None
         self.iteration, self.bad_in_a_row, self.skipped = 0, 0, 0
+        self.best = BestSoFar()
 
     # ---------------------------------------------------------------- the lrs
     def lrs(self) -> tuple[float, float]:
@@ -109,31 +117,63 @@ class Distiller:
         finite = math.isfinite(result.loss) and all(
             bool(torch.isfinite(p.grad).all()) for g in self.optimizer.param_groups
             for p in g["params"] if p.grad is not None)
+        lr_event = None
         if finite:
+            lr_before = self._lr_state()
             self.optimizer.step()
-            self._keep_lrs_valid()
+            lr_event = self._keep_lrs_valid(lr_before)
             self._update_ema()
             self.bad_in_a_row = 0
+            self.best.observe(result.loss)
         else:
             self.skipped += 1
             self.bad_in_a_row += 1
             if self.bad_in_a_row >= d.max_bad_steps:
                 raise NonFiniteError(
                     f"{self.bad_in_a_row} iterations in a row gave a non-finite matching loss or "
-                    f"gradient (last loss {result.loss}); likely cause: distill.lr_img ({d.lr_img}), "
-                    f"lr_txt ({d.lr_txt}) or lr_lr ({d.lr_lr}) too high. The last good checkpoint is kept.")
+                    f"gradient (last loss {result.loss}, student lrs now {self.lrs()}); likely cause: "
+                    f"distill.lr_img ({d.lr_img}), lr_txt ({d.lr_txt}), lr_sim ({d.lr_sim}) or lr_lr "
+                    f"({d.lr_lr}) too high. The last good checkpoint is kept.")
         self.iteration += 1
         lr_img, lr_txt = self.lrs()
         return {"stage": "distill", "kind": self.sim_kind, "it": self.iteration,
                 "loss": result.loss, "loss_img": result.loss_img, "loss_txt": result.loss_txt,
                 "lr_img": lr_img, "lr_txt": lr_txt, "grad_lr_img": result.grad_lr_img,
                 "grad_lr_txt": result.grad_lr_txt, "expert": expert, "start_epoch": start_epoch,
-                "skipped": not finite, "seconds": time.time() - start_time}
+                "skipped": not finite, "lr_event": lr_event, "seconds": time.time() - start_time}
+
+    def _lr_state(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        buffer = self.optimizer.state.get(self.lr_raw, {}).get("momentum_buffer")
+        return self.lr_raw.detach().clone(), None if buffer is None else buffer.clone()
 
     @torch.no_grad()
-    def _keep_lrs_valid(self) -> None:
-        if self.d.lr_param == "linear":
+    def _keep_lrs_valid(self, before: tuple[torch.Tensor, torch.Tensor | None]) -> str | None:
+        """Undo an lr update that is non-finite or above max_lr; clamp a linear lr at min_lr.
+
+        Returns "rejected", "clamped" or None, for the metrics record.
+        """
+        if not self.d.learn_lr:
+            return None
+        lrs = torch.tensor(self.lrs())
+        if not bool(torch.isfinite(lrs).all()) or (self.d.max_lr is not None and
+                                                    bool((lrs > self.d.max_lr).any())):
+            log.warning("iteration %d: the lr update to %s was refused (non-finite or above "
+                        "distill.max_lr=%s); lrs stay %s. Lower distill.lr_lr if this repeats",
+                        self.iteration + 1, lrs.tolist(), self.d.max_lr, before[0].tolist())
+            self.lr_raw.copy_(before[0])
+            state = self.optimizer.state[self.lr_raw]
+            if before[1] is None:
+                state.pop("momentum_buffer", None)
+            else:
+                state["momentum_buffer"].copy_(before[1])
+            return "rejected"
+        if self.d.lr_param == "linear" and bool((self.lr_raw < self.d.min_lr).any()):
+            log.warning("iteration %d: a learned lr fell to %s, clamped at distill.min_lr=%g "
+                        "(distill.lr_param=log keeps lrs positive without a clamp)",
+                        self.iteration + 1, self.lr_raw.tolist(), self.d.min_lr)
             self.lr_raw.clamp_(min=self.d.min_lr)
+            return "clamped"
+        return None
 
     def _exported(self) -> list[torch.Tensor]:
         return [self.images, self.texts, *self.similarity.parameters(), self.lr_raw]
@@ -145,10 +185,23 @@ class Distiller:
                 avg.lerp_(value.detach(), 1.0 - self.d.ema_decay)
 
     # ---------------------------------------------------------------- export and checkpoints
+    def current_values(self) -> list[torch.Tensor]:
+        """The set as exported: the EMA when distill.ema_decay > 0, else the values themselves."""
+        return self.ema if self.ema is not None else [t.detach() for t in self._exported()]
+
+    def setup(self) -> dict:
+        """What a checkpoint must agree with for this run to resume from it."""
+        d = self.d
+        return {"kind": self.sim_kind, "n_pairs": d.n_pairs, "images": list(self.images.shape),
+                "text_dim": int(self.texts.shape[1]),
+                "rank": d.rank if self.sim_kind == "lowrank" else None, "learn_lr": d.learn_lr,
+                "lr_param": d.lr_param, "ema": d.ema_decay > 0,
+                "dataset_fingerprint": self.manifest.get("dataset_fingerprint")}
+
     @torch.no_grad()
-    def export(self, card: dict) -> DistilledSet:
-        """The set as it stands (the EMA of it when distill.ema_decay > 0)."""
-        values = self.ema if self.ema is not None else [t.detach() for t in self._exported()]
+    def export(self, card: dict, values: list[torch.Tensor] | None = None) -> DistilledSet:
+        """The set as it stands (`current_values`), or as given by `values`."""
+        values = values if values is not None else self.current_values()
         images, texts, *sim_values, lr_raw = [v.clone().cpu() for v in values]
         sim = build_similarity(self.sim_kind, self.d.n_pairs, self.d.rank, self.d.alpha)
         for param, value in zip(sim.parameters(), sim_values):
@@ -167,7 +220,7 @@ class Distiller:
             state.update({f"ema.{i}": t for i, t in enumerate(self.ema)})
         state["generator"] = self.generator.get_state()
         state["counters"] = torch.tensor([self.iteration, self.bad_in_a_row, self.skipped])
-        return state
+        return state | self.best.state_tensors()
 
     @torch.no_grad()
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
@@ -182,36 +235,62 @@ class Distiller:
                 t.copy_(state[f"ema.{i}"])
         self.generator.set_state(state["generator"])
         self.iteration, self.bad_in_a_row, self.skipped = (int(v) for v in state["counters"])
+        self.best.load(state)
 
 
 def run_distill(cfg, data, store: TrajectoryStore, set_path: Path, checkpoint_path: Path,
                 metrics_path: Path, sim_kind: str, device: torch.device) -> DistilledSet:
-    """Distill (resuming from `checkpoint_path` when it exists and distill.resume is set)."""
+    """Distill (resuming from `checkpoint_path` when it exists and distill.resume is set).
+
+    Also writes the best-so-far set (`vldistill.checkpoint.BestSoFar`) next to the final one,
+    as SET_best.{safetensors,json}. Call it only while holding the run lock (`vldistill.runlock`).
+    """
     distiller = Distiller(cfg, data, store, sim_kind, device)
+    remove_leftover_temps(checkpoint_path)
+    remove_leftover_temps(checkpoint_path.with_suffix(".json"))
     if checkpoint_path.is_file() and cfg.distill.resume:
-        distiller.load_state(read_tensors(checkpoint_path))
-        log.info("resumed %s distillation at iteration %d", sim_kind, distiller.iteration)
+        state, _ = read_checkpoint(checkpoint_path, distiller.setup())
+        distiller.load_state(state)
+        append_jsonl(metrics_path, {"stage": "resume", "kind": sim_kind, "it": distiller.iteration})
+        log.info("resumed %s distillation at iteration %d (records after it in metrics.jsonl "
+                 "are from the interrupted run and are redone)", sim_kind, distiller.iteration)
+    elif checkpoint_path.is_file():
+        log.warning("distill.resume=false: %s starts over; the checkpoint in %s will be overwritten",
+                    sim_kind, checkpoint_path)
     card = {"dataset": data.dataset.name, "dataset_fingerprint": data.dataset.fingerprint,
             "image_tower": cfg.model.image_tower, "text_tower": cfg.model.text_tower,
             "image_size": data.dataset.image_size, "mean": list(data.dataset.mean),
             "std": list(data.dataset.std), "loss": cfg.distill.loss,
             "init_captions": distiller.init_captions}
     total = cfg.distill.iterations
-    with tqdm(total=total, initial=distiller.iteration, desc=f"distill {sim_kind}", unit="it") as bar:
+    with tqdm(total=total, initial=distiller.iteration, desc=f"distill {sim_kind}", unit="it") as bar, \
+            deferred_interrupts() as interrupt:
         while distiller.iteration < total:
             record = distiller.step()
             append_jsonl(metrics_path, record)
             bar.set_postfix(loss=f"{record['loss']:.3f}", lr_img=f"{record['lr_img']:.3g}")
             bar.update(1)
-            if distiller.iteration % cfg.distill.checkpoint_every == 0 or distiller.iteration == total:
-                _checkpoint(distiller, checkpoint_path, sim_kind)
-    synthetic = distiller.export(card | {"iterations": distiller.iteration,
-                                         "skipped_iterations": distiller.skipped})
+            window_end = distiller.iteration % cfg.distill.checkpoint_every == 0 or distiller.iteration == total
+            if window_end:
+                distiller.best.close_window(distiller.current_values(), distiller.iteration)
+            if window_end or interrupt.requested:
+                _checkpoint(distiller, checkpoint_path)
+            interrupt.raise_if_requested()
+    info = {"iterations": distiller.iteration, "skipped_iterations": distiller.skipped}
+    synthetic = distiller.export(card | info)
     synthetic.save(set_path)
+    if distiller.best.values is not None:
+        best = distiller.export(card | info | {
+            "selection": f"lowest mean matching loss over a window of {cfg.distill.checkpoint_every} "
+                         "iterations", "best_iteration": distiller.best.iteration,
+            "best_window_loss": distiller.best.loss}, values=distiller.best.values)
+        best.save(set_path.with_name(set_path.name + "_best"))
     return synthetic
 
 
-def _checkpoint(distiller: Distiller, path: Path, sim_kind: str) -> None:
-    write_tensors(path, distiller.state_tensors(), metadata={"iteration": str(distiller.iteration)})
-    write_json(path.with_suffix(".json"), {"iteration": distiller.iteration, "kind": sim_kind,
-                                           "skipped": distiller.skipped})
+def _checkpoint(distiller: Distiller, path: Path) -> None:
+    write_checkpoint(path, distiller.state_tensors(), {
+        "iteration": distiller.iteration, "kind": distiller.sim_kind, "skipped": distiller.skipped,
+        "best_iteration": distiller.best.iteration,
+        "best_window_loss": distiller.best.loss if math.isfinite(distiller.best.loss) else None,
+        "setup": distiller.setup()})

@@ -12,3 +12,7 @@ class UnknownNameError(UserError, ValueError):
 
 class MissingFileError(UserError, FileNotFoundError):
     """A file or folder the run needs is not where the config says."""
+
+
+class NonFiniteError(UserError):
+    """Distillation produced NaN/inf for too many iterations in a row (or would write it)."""

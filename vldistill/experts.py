@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from tqdm.auto import tqdm
 
 from . import __version__
@@ -97,9 +97,29 @@ class TrajectoryStore:
                 raise UserError(f"trajectory store {str(self.dir)!r} was made with {key}="
                                 f"{_short(manifest.get(key))}, this run has {key}={_short(value)}: "
                                 "rebuild the buffer or point buffer.dir at a matching store")
+        if manifest.get("vldistill") not in (None, __version__):
+            log.warning("trajectory store %s was made by vldistill %s, this is %s; its format and "
+                        "setup match, so it is used", self.dir, manifest.get("vldistill"), __version__)
         if not self.experts():
             raise UserError(f"trajectory store {str(self.dir)!r} holds no finished expert: run the buffer stage")
+        for k in self.experts():
+            self._check_expert(k, manifest.get("epochs", []))
         return manifest
+
+    def _check_expert(self, k: int, epochs: list[int]) -> None:
+        """An expert file must open and hold every epoch the manifest lists."""
+        path = self.expert_path(k)
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                keys = set(handle.keys())
+        except (SafetensorError, OSError) as err:
+            raise UserError(f"{path} is damaged ({err}): delete it and rerun `vldistill buffer` "
+                            f"to train expert {k} again") from None
+        missing = [e for e in epochs if f"image.{e}" not in keys or f"text.{e}" not in keys]
+        if missing:
+            raise UserError(f"{path} lacks epochs {missing} that the store's manifest lists (it was "
+                            "made with other distill.max_start_epoch/expert_epochs): delete it and "
+                            "rerun `vldistill buffer`, or set buffer.dir to a new folder")
 
 
 def _short(value) -> str:
