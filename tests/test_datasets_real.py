@@ -140,6 +140,14 @@ def test_skip_bad_images_drops_and_counts_them(bad_folder, caplog):
     assert ds.train.image_names == [n for i, n in enumerate(image_names("train", 6)) if i not in (2, 3, 4)]
     assert ds.train.img2txt == [[0, 1], [2, 3], [4, 5]]
     assert "train split: skipped 3 unreadable images" in caplog.text
+    # the cache remembers what was skipped: a later run without skipping is refused, not
+    # silently given the smaller split
+    truncated, missing, text = bad
+    write_image(missing, seed=3)
+    cfg = data_cfg(*karpathy_overrides(tmp_path), "data.skip_bad_images=true")
+    assert build_dataset(cfg, tmp_path / "cache").train.n_images == 4
+    with pytest.raises(UserError, match=r"train_002.jpg' is truncated.*\(1 more bad image"):
+        build_dataset(data_cfg(*karpathy_overrides(tmp_path)), tmp_path / "cache")
 
 
 def test_caption_less_image_is_left_out(tmp_path, caplog):

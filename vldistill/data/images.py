@@ -25,17 +25,18 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from safetensors import safe_open
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ..errors import UserError
-from ..io import read_tensors, write_tensors
+from ..io import write_tensors
 
 log = logging.getLogger(__name__)
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-CACHE_FORMAT = 1          # bump when decoding or resizing changes, so stale caches are not read
+CACHE_FORMAT = 2          # bump when decoding or resizing changes, so stale caches are not read
 _FILL = [128, 128, 128]
 
 
@@ -324,32 +325,33 @@ def load_images(paths: Sequence[str | Path], data_cfg, cache_dir: Path, split: s
     cached = data_cfg.cache_images and n_bytes <= data_cfg.cache_max_gb * 2 ** 30
     cache_file = _cache_path(cache_dir, paths, stats, data_cfg.image_size)
     if cached and cache_file.is_file():
-        tensors = read_tensors(cache_file)
-        kept = tensors["kept"].tolist()
-        bad_decoded = [(paths[i], "cannot be decoded") for i in tensors["bad"].tolist()]
-        _refuse_bad(bad_decoded, data_cfg.skip_bad_images)
-        return _loaded(DecodedImages(tensors["pixels"], transform), kept, bad + bad_decoded, split)
+        with safe_open(str(cache_file), framework="pt") as handle:
+            pixels, kept = handle.get_tensor("pixels"), handle.get_tensor("kept").tolist()
+            recorded = [(paths[i], reason) for i, reason in json.loads(handle.metadata()["bad"])]
+        _refuse_bad(bad + recorded, data_cfg.skip_bad_images)   # bad then, refused now if asked
+        return _loaded(DecodedImages(pixels, transform), kept, bad + recorded, split)
 
     present = [i for i, s in enumerate(stats) if s is not None]
     checked = [(i, check_image_file(paths[i])) for i in present]
-    bad_checked = [(paths[i], reason) for i, reason in checked if reason]
-    _refuse_bad(bad + bad_checked, data_cfg.skip_bad_images)
-    bad += bad_checked
+    bad_checked = [(i, reason) for i, reason in checked if reason]
+    _refuse_bad(bad + [(paths[i], reason) for i, reason in bad_checked], data_cfg.skip_bad_images)
     good = [i for i, reason in checked if reason is None]
     if not cached:
         if data_cfg.cache_images:
             log.info("%s split: %.1f GB decoded exceeds data.cache_max_gb=%g, images are decoded "
                      "from their files every epoch", split, n_bytes / 2 ** 30, data_cfg.cache_max_gb)
+        bad += [(paths[i], reason) for i, reason in bad_checked]
         return _loaded(FileImages([paths[i] for i in good], transform), good, bad, split)
 
     pixels, positions, failed = _decode_all([paths[i] for i in good], transform,
                                             data_cfg.num_workers, split)
-    bad_decoded = [(paths[good[j]], reason) for j, reason in failed]
-    _refuse_bad(bad + bad_decoded, data_cfg.skip_bad_images)
+    unusable = bad_checked + [(good[j], reason) for j, reason in failed]   # present but bad
+    bad += [(paths[i], reason) for i, reason in unusable]
+    _refuse_bad(bad, data_cfg.skip_bad_images)
     kept = [good[j] for j in positions]
-    write_tensors(cache_file, {"pixels": pixels, "kept": torch.tensor(kept, dtype=torch.long),
-                               "bad": torch.tensor([good[j] for j, _ in failed], dtype=torch.long)},
-                  metadata={"split": split, "size": str(data_cfg.image_size)})
+    write_tensors(cache_file, {"pixels": pixels, "kept": torch.tensor(kept, dtype=torch.long)},
+                  metadata={"split": split, "size": str(data_cfg.image_size),
+                            "bad": json.dumps(unusable)})
     log.info("%s split: %d images decoded and cached at %s (%.1f MB)", split, len(kept),
              cache_file, pixels.numel() / 2 ** 20)
-    return _loaded(DecodedImages(pixels, transform), kept, bad + bad_decoded, split)
+    return _loaded(DecodedImages(pixels, transform), kept, bad, split)
