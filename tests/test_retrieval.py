@@ -41,3 +41,19 @@ def test_known_value():
     # text->image: caption 0 column (0.1, 0.8) -> image 0 rank 1; caption 1 -> rank 0; caption 2 -> rank 1
     assert r["img_r1"] == pytest.approx(100 / 3) and r["img_r2"] == pytest.approx(100.0)
     assert r["r_mean"] == pytest.approx((50 + 100 + 100 / 3 + 100) / 4)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_column_ranks_do_not_depend_on_the_chunking(ties):
+    """Text->image ranks are counted over row chunks; a tie whose rows straddle a chunk
+    boundary must rank exactly as in one pass (and as the loop)."""
+    from vldistill.retrieval import _column_ranks
+    g = torch.Generator().manual_seed(3)
+    n_img, n_cap = 203, 611
+    scores = torch.randint(0, 3, (n_img, n_cap), generator=g).float() if ties else torch.randn(n_img, n_cap, generator=g)
+    txt2img = torch.randint(n_img, (n_cap,), generator=g)
+    ranks = {c: _column_ranks(scores, txt2img, chunk=c) for c in (1, 7, 16, 128, 1000)}
+    assert all(torch.equal(r, ranks[1000]) for r in ranks.values())
+    definition = torch.tensor([int(((scores[:, j] > scores[t, j]) | ((scores[:, j] == scores[t, j])
+                                    & (torch.arange(n_img) > t))).sum()) for j, t in enumerate(txt2img.tolist())])
+    assert torch.equal(ranks[16], definition)

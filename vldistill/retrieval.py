@@ -40,29 +40,31 @@ def _row_ranks(scores: torch.Tensor, target: torch.Tensor, k_max: int) -> torch.
     return ranks
 
 
-def _column_ranks(scores: torch.Tensor, target: torch.Tensor, chunk: int = 128) -> torch.Tensor:
+def _column_ranks(scores: torch.Tensor, target: torch.Tensor, chunk: int = 16) -> torch.Tensor:
     """Rank of row target[c] within column c, exact, by counting over row chunks.
 
     Rows after target[c] win a tie, so for them "ahead" means s >= own, i.e. s > nextafter(own,
     -inf): one comparison per entry with a per-chunk threshold; only the columns whose target
-    row falls inside the chunk need the two-sided rule.
+    row falls inside the chunk need the two-sided rule. Small chunks keep a block in cache
+    (16 rows of 25k captions: 1.6 MB), which at COCO-test scale is ~1.5x faster than 128.
     """
     n_rows, n_cols = scores.shape
     cols = torch.arange(n_cols, device=scores.device)
     own = scores[target, cols]                                        # (n_cols,)
     lowered = torch.nextafter(own, torch.full_like(own, float("-inf")))
-    ahead = torch.zeros(n_cols, dtype=torch.float32, device=scores.device)
+    ahead = torch.zeros(n_cols, dtype=torch.long, device=scores.device)
     for r0 in range(0, n_rows, chunk):
         block = scores[r0:r0 + chunk]
         threshold = torch.where(target < r0, lowered, own)
-        ahead += (block > threshold).float().sum(dim=0)
+        ahead += torch.count_nonzero(block > threshold, dim=0)
         mixed = ((target >= r0) & (target < r0 + chunk)).nonzero().flatten()
         if len(mixed):
             sub, t = block[:, mixed], target[mixed]
             rows = torch.arange(r0, r0 + len(block), device=scores.device)[:, None]
             exact = (sub > own[mixed]) | ((sub == own[mixed]) & (rows > t))
-            ahead[mixed] += exact.float().sum(dim=0) - (sub > own[mixed]).float().sum(dim=0)
-    return ahead.long()
+            ahead[mixed] += (torch.count_nonzero(exact, dim=0)
+                             - torch.count_nonzero(sub > own[mixed], dim=0))
+    return ahead
 
 
 def _best_correct_caption(scores_i2t: torch.Tensor, img2txt: Sequence[Sequence[int]]) -> torch.Tensor:
