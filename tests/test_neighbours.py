@@ -36,9 +36,10 @@ def test_faiss_equals_torch_and_brute_force(metric, seed):
 def test_torch_path_blocks_agree_with_one_block():
     from vldistill.neighbours import _torch_search
     queries, bank = _data(5)
-    whole = _torch_search(queries, bank, 3, "l2", None)
-    blocked = _torch_search(queries, bank, 3, "l2", None, max_entries=700 * 3)   # 3 queries a block
-    assert torch.equal(whole[1], blocked[1])
+    for kind in ("cos", "l2"):
+        whole = _torch_search(queries, bank, 3, kind, None)
+        blocked = _torch_search(queries, bank, 3, kind, None, max_entries=700 * 3)   # 3 queries a block
+        assert torch.equal(whole[1], blocked[1])
 
 
 def test_bad_requests_are_refused():

@@ -30,7 +30,8 @@ class Neighbours:
     indices: torch.Tensor       # (q, k) rows of the bank
 
 
-# a backend: (queries (q, d), bank (n, d), k, "ip" | "l2", excluded rows or None) -> (scores, indices)
+# a backend: (queries (q, d), bank (n, d), k, "cos" | "l2", excluded rows or None) -> (scores, indices);
+# for "cos" the queries come normalized and the backend normalizes the bank without copying it whole
 Backend = Callable[[torch.Tensor, torch.Tensor, int, str, torch.Tensor | None],
                    tuple[torch.Tensor, torch.Tensor]]
 _BACKENDS: dict[str, Backend] = {}
@@ -80,8 +81,8 @@ def knn(queries: torch.Tensor, bank: torch.Tensor, k: int, metric: str = "cosine
         raise ValueError(f"k={k} neighbours asked of a bank with {available} searchable rows")
     queries, bank = queries.detach().float(), bank.detach().float()
     if metric == "cosine":
-        queries, bank = F.normalize(queries, dim=-1), F.normalize(bank, dim=-1)
-    scores, indices = _BACKENDS[backend](queries, bank, k, "ip" if metric == "cosine" else "l2",
+        queries = F.normalize(queries, dim=-1)
+    scores, indices = _BACKENDS[backend](queries, bank, k, "cos" if metric == "cosine" else "l2",
                                          excluded)
     return Neighbours(scores, indices)
 
@@ -93,8 +94,10 @@ def _faiss_search(queries: torch.Tensor, bank: torch.Tensor, k: int, kind: str,
     # OpenMP start-up dominates small searches (and stalls on a busy machine): one thread there
     small = len(queries) * len(bank) * bank.shape[1] < 2 ** 24
     faiss.omp_set_num_threads(1 if small else torch.get_num_threads())
-    index = faiss.IndexFlatIP(bank.shape[1]) if kind == "ip" else faiss.IndexFlatL2(bank.shape[1])
-    index.add(bank.cpu().contiguous().numpy())
+    index = faiss.IndexFlatIP(bank.shape[1]) if kind == "cos" else faiss.IndexFlatL2(bank.shape[1])
+    for rows in bank.split(2 ** 16):            # a COCO caption bank is GBs: no second full copy
+        rows = F.normalize(rows, dim=-1) if kind == "cos" else rows
+        index.add(rows.cpu().contiguous().numpy())
     params = None
     if excluded is not None:
         # the inner selector must outlive the search: IDSelectorNot keeps only a pointer to it
@@ -111,18 +114,19 @@ def _torch_search(queries: torch.Tensor, bank: torch.Tensor, k: int, kind: str,
     """Score blocks of queries against the whole bank; a block holds <= max_entries scores."""
     bank = bank.to(queries.device)
     bank_sq = (bank * bank).sum(1)
+    inverse_norm = 1.0 / bank_sq.sqrt().clamp(min=1e-12)                # cosine without a normalized copy
     block = max(1, max_entries // max(len(bank), 1))
     all_scores, all_indices = [], []
     for q in queries.split(block):
         dots = q @ bank.t()                                              # (b, n)
-        if kind == "ip":
-            scores = dots
+        if kind == "cos":
+            scores = dots * inverse_norm
         else:                                           # top-k of the negated distances
             scores = -((q * q).sum(1, keepdim=True) - 2 * dots + bank_sq).clamp_(min=0)
         if excluded is not None:
             scores[:, excluded.to(scores.device)] = float("-inf")
         top = scores.topk(k, dim=1)
-        all_scores.append(top.values if kind == "ip" else -top.values)
+        all_scores.append(top.values if kind == "cos" else -top.values)
         all_indices.append(top.indices)
     return torch.cat(all_scores).cpu(), torch.cat(all_indices).cpu()
 
