@@ -184,3 +184,27 @@ def test_a_tower_key_may_not_shadow_the_distilled_on_tower(tiny_cfg):
     relabelled = eval_towers(tiny_cfg("eval.towers.wide.image_tower=convnet", "eval.towers.wide.lr=0.2"))
     assert relabelled[1].label == "wide" and relabelled[1].image_tower == "convnet"
     assert relabelled[1].epochs == relabelled[0].epochs             # unset: eval.*
+
+
+def test_flip_crop_returns_flipped_shifted_crops_of_each_image():
+    from vldistill.augment import augment
+    images = torch.randn(6, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    out = augment(images, "flip_crop", torch.Generator().manual_seed(1))
+    assert out.shape == images.shape
+    pad = 1                                                      # 8 // 8
+    for x, y in zip(images, out):
+        candidates = []
+        for source in (x, x.flip(-1)):
+            padded = torch.nn.functional.pad(source[None], (pad,) * 4, mode="reflect")[0]
+            candidates += [padded[:, dy:dy + 8, dx:dx + 8] for dy in range(3) for dx in range(3)]
+        assert any(torch.equal(y, c) for c in candidates)
+    assert not torch.equal(out, images)                         # something moved
+    assert torch.equal(augment(images, "none", torch.Generator()), images)
+    with pytest.raises(Exception, match="unknown augmentation"):
+        augment(images, "mixup", torch.Generator())
+
+
+def test_a_missing_tower_checkpoint_is_refused_before_training(tiny_cfg, tmp_path):
+    cfg = tiny_cfg(f"eval.towers.timm:resnet18.pretrained_path={tmp_path / 'nope.pth'}")
+    with pytest.raises(Exception, match="eval.towers.timm:resnet18.pretrained_path .* not found"):
+        eval_towers(cfg)

@@ -21,13 +21,14 @@ import logging
 import statistics
 from dataclasses import dataclass, field, replace
 from functools import partial
+from pathlib import Path
 from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
 
 from .augment import augment
-from .errors import UserError
+from .errors import MissingFileError, UserError
 from .models.student import DualEncoder, build_student
 from .retrieval import METRICS
 from .synset import DistilledSet
@@ -85,6 +86,10 @@ def eval_towers(cfg) -> list[EvalTower]:
         if key == cfg.model.image_tower:
             raise UserError(f"eval.towers.{key}: that key is the distilled-on tower's results key; "
                             "give this entry another name and set its image_tower")
+
+        if t.pretrained_path and not Path(t.pretrained_path).expanduser().is_file():
+            raise MissingFileError(f"eval.towers.{key}.pretrained_path {t.pretrained_path!r} not "
+                                   "found (checked before any student trains)")
 
         def pick(value, default):
             return default if value is None else value
