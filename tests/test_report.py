@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from vldistill.figures import read_metrics
-from vldistill.html_report import ReportInputs, write_report
+from vldistill.html_report import ReportInputs, _results_section, write_report
 from vldistill.report import (compare_table, decode_captions, false_negatives, inspect_set,
                               results_table)
 from vldistill.retrieval import METRICS
@@ -66,6 +66,8 @@ def test_tables_order_methods_and_mark_test_selection():
     on_test = _results(methods={"lors": _summary(12.0, "best epoch on TEST (reference protocol)")})
     marked = results_table(on_test)
     assert "| lors † |" in marked and "epoch chosen on the TEST split" in marked
+    assert "epoch chosen on the TEST split" in _results_section(on_test)
+    assert "TEST split" not in _results_section(_results())
     transfer = _results(towers={"timm:resnet10t": {"settings": {"image_tower": "timm:resnet10t", "lr": 0.01,
                                                                 "epochs": 5, "augment": "flip"},
                                                    "methods": {"lors": _summary(6.0)}}})

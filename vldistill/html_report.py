@@ -23,7 +23,7 @@ from .figures import (denormalize, save_image_grid, save_pair_panel, save_simila
                       save_training_curves)
 from .io import write_text
 from .report import (LEGEND, SetInspection, TEST_NOTE, html_table, inspect_set, method_rows,
-                     results_title, tower_settings, transfer_rows)
+                     results_title, selected_on_test, tower_settings, transfer_rows)
 from .synset import DistilledSet
 
 STYLE = """
@@ -84,7 +84,7 @@ def _results_section(results: dict | None) -> str:
     if results.get("towers"):
         body += ("<h3>Cross-architecture transfer (r_mean ± std)</h3>" + html_table(transfer_rows(results))
                  + "<pre>" + html.escape(tower_settings(results)) + "</pre>")
-    if "TEST" in body:
+    if selected_on_test(results):
         body += f"<p class='note'>{html.escape(TEST_NOTE)}</p>"
     return body
 

@@ -126,6 +126,11 @@ def html_table(table: Table) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def selected_on_test(results: dict) -> bool:
+    """Whether any number of a run was chosen on the test split (it then needs the † note)."""
+    return any(_on_test(s) for s in _all_summaries(results))
+
+
 def _notes(summaries: list[dict]) -> str:
     return f"\n\n{TEST_NOTE}" if any(_on_test(s) for s in summaries) else ""
 
@@ -232,4 +237,4 @@ def card_captions(inspection: SetInspection) -> dict:
 
 __all__ = ["SetInspection", "card_captions", "compare_rows", "compare_table", "decode_captions",
            "false_negatives", "html_table", "inspect_set", "markdown", "method_rows",
-           "results_table", "results_title", "transfer_rows"]
+           "results_table", "results_title", "selected_on_test", "transfer_rows"]
