@@ -305,19 +305,21 @@ def _unknown_key_message(bad: str) -> str:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Merge defaults, a YAML file and `key=value` overrides into a validated `Config`."""
-    schema = OmegaConf.structured(Config)
-    layers = [schema]
+    merged = OmegaConf.structured(Config)
+    source = "the defaults"             # which layer is being merged, for errors without a key
     try:
+        layers = []
         if path is not None:
             path = Path(path)
             if not path.is_file():
                 raise ConfigError(f"config file {str(path)!r} not found")
-            layers.append(OmegaConf.load(path))
+            layers.append((f"config file {str(path)!r}", _load_yaml(path)))
         for item in overrides or []:
             if "=" not in item:
                 raise ConfigError(f"override {item!r} is not of the form key=value")
-        layers.append(OmegaConf.from_dotlist(list(overrides or [])))
-        merged = OmegaConf.merge(*layers)
+            layers.append((f"override {item!r}", OmegaConf.from_dotlist([item])))
+        for source, layer in layers:
+            merged = OmegaConf.merge(merged, layer)
         return OmegaConf.to_object(merged)
     except ConfigKeyError as err:
         key = getattr(err, "full_key", None) or str(err).split("'")[1]
@@ -325,9 +327,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     except ConfigError:
         raise
     except OmegaConfBaseException as err:
-        key = getattr(err, "full_key", "?")
+        key = getattr(err, "full_key", None)
         reason = str(err).splitlines()[0]
-        raise ConfigError(f"config key {key!r}: {reason}") from None
+        raise ConfigError(f"{f'config key {key!r}' if key else source}: {reason}") from None
+
+
+def _load_yaml(path: Path):
+    import yaml
+    try:
+        return OmegaConf.load(path)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: "
+                          f"{' '.join(str(err).split())}") from None
 
 
 def to_yaml(cfg: Config) -> str:

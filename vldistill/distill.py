@@ -11,7 +11,9 @@ Faults: an iteration whose matching loss or any gradient (images, texts, similar
 not finite is skipped before the update and counted; `max_bad_steps` in a row stop the run
 with `NonFiniteError`, the last good checkpoint kept. An lr update that would make a learned
 lr non-finite or exceed `max_lr` is undone and reported; a linear lr is clamped at `min_lr`.
-SIGINT/SIGTERM finish the current iteration, write a checkpoint, then stop.
+No periodic checkpoint is written while the latest iteration was skipped, so the one on
+disk comes from a state that last gave a finite iteration. SIGINT/SIGTERM finish the current
+iteration, write a checkpoint, then stop.
 """
 from __future__ import annotations
 
@@ -60,7 +62,9 @@ class Distiller:
         stored = self.manifest.get("epochs", [])
         if d.last_epoch_used not in stored:
             raise UserError(f"distill needs expert epoch {d.last_epoch_used} "
-                            f"(max_start_epoch - 1 + expert_epochs) but the store keeps {stored}")
+                            f"(max_start_epoch - 1 + expert_epochs) but the store keeps {stored}: "
+                            "lower distill.max_start_epoch/expert_epochs or rebuild the buffer "
+                            "(a new buffer.dir) with these settings")
         self.experts = store.experts()
         self.generator = torch.Generator().manual_seed(cfg.seed)
         images, texts, self.init_captions = init_synthetic(cfg, data, self.generator)
@@ -128,19 +132,21 @@ class Distiller:
         else:
             self.skipped += 1
             self.bad_in_a_row += 1
-            if self.bad_in_a_row >= d.max_bad_steps:
-                raise NonFiniteError(
-                    f"{self.bad_in_a_row} iterations in a row gave a non-finite matching loss or "
-                    f"gradient (last loss {result.loss}, student lrs now {self.lrs()}); likely cause: "
-                    f"distill.lr_img ({d.lr_img}), lr_txt ({d.lr_txt}), lr_sim ({d.lr_sim}) or lr_lr "
-                    f"({d.lr_lr}) too high. The last good checkpoint is kept.")
         self.iteration += 1
         lr_img, lr_txt = self.lrs()
-        return {"stage": "distill", "kind": self.sim_kind, "it": self.iteration,
-                "loss": result.loss, "loss_img": result.loss_img, "loss_txt": result.loss_txt,
-                "lr_img": lr_img, "lr_txt": lr_txt, "grad_lr_img": result.grad_lr_img,
-                "grad_lr_txt": result.grad_lr_txt, "expert": expert, "start_epoch": start_epoch,
-                "skipped": not finite, "lr_event": lr_event, "seconds": time.time() - start_time}
+        record = {"stage": "distill", "kind": self.sim_kind, "it": self.iteration,
+                  "loss": result.loss, "loss_img": result.loss_img, "loss_txt": result.loss_txt,
+                  "lr_img": lr_img, "lr_txt": lr_txt, "grad_lr_img": result.grad_lr_img,
+                  "grad_lr_txt": result.grad_lr_txt, "expert": expert, "start_epoch": start_epoch,
+                  "skipped": not finite, "lr_event": lr_event, "seconds": time.time() - start_time}
+        if self.bad_in_a_row >= d.max_bad_steps:
+            raise NonFiniteError(
+                f"{self.bad_in_a_row} iterations in a row gave a non-finite matching loss or "
+                f"gradient (last loss {result.loss}, student lrs now {self.lrs()}); likely cause: "
+                f"distill.lr_img ({d.lr_img}), lr_txt ({d.lr_txt}), lr_sim ({d.lr_sim}) or lr_lr "
+                f"({d.lr_lr}) too high. The last good checkpoint is kept: resume from it with "
+                "distill.resume=true and lower lrs.", record)
+        return record
 
     def _lr_state(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         buffer = self.optimizer.state.get(self.lr_raw, {}).get("momentum_buffer")
@@ -155,10 +161,14 @@ class Distiller:
         if not self.d.learn_lr:
             return None
         lrs = torch.tensor(self.lrs())
-        if not bool(torch.isfinite(lrs).all()) or (self.d.max_lr is not None and
-                                                    bool((lrs > self.d.max_lr).any())):
-            log.warning("iteration %d: the lr update to %s was refused (non-finite or above "
-                        "distill.max_lr=%s); lrs stay %s. Lower distill.lr_lr if this repeats",
+        refused = ~torch.isfinite(lrs)
+        if self.d.max_lr is not None:
+            refused |= lrs > self.d.max_lr
+        if self.d.lr_param == "log":
+            refused |= lrs <= 0                                 # exp() underflowed
+        if bool(refused.any()):
+            log.warning("iteration %d: the lr update to %s was refused (not finite and positive, "
+                        "or above distill.max_lr=%s); lrs stay %s. Lower distill.lr_lr if this repeats",
                         self.iteration + 1, lrs.tolist(), self.d.max_lr, before[0].tolist())
             self.lr_raw.copy_(before[0])
             state = self.optimizer.state[self.lr_raw]
@@ -266,15 +276,22 @@ def run_distill(cfg, data, store: TrajectoryStore, set_path: Path, checkpoint_pa
     with tqdm(total=total, initial=distiller.iteration, desc=f"distill {sim_kind}", unit="it") as bar, \
             deferred_interrupts() as interrupt:
         while distiller.iteration < total:
-            record = distiller.step()
+            try:
+                record = distiller.step()
+            except NonFiniteError as err:       # the iteration that ends the run is logged too
+                append_jsonl(metrics_path, err.record)
+                raise
             append_jsonl(metrics_path, record)
             bar.set_postfix(loss=f"{record['loss']:.3f}", lr_img=f"{record['lr_img']:.3g}")
             bar.update(1)
             window_end = distiller.iteration % cfg.distill.checkpoint_every == 0 or distiller.iteration == total
             if window_end:
                 distiller.best.close_window(distiller.current_values(), distiller.iteration)
-            if window_end or interrupt.requested:
+            if interrupt.requested or (window_end and not distiller.bad_in_a_row):
                 _checkpoint(distiller, checkpoint_path)
+            elif window_end:
+                log.warning("iteration %d: no checkpoint while iterations come out non-finite; "
+                            "the previous one stays", distiller.iteration)
             interrupt.raise_if_requested()
     info = {"iterations": distiller.iteration, "skipped_iterations": distiller.skipped}
     synthetic = distiller.export(card | info)

@@ -15,4 +15,11 @@ class MissingFileError(UserError, FileNotFoundError):
 
 
 class NonFiniteError(UserError):
-    """Distillation produced NaN/inf for too many iterations in a row (or would write it)."""
+    """Distillation produced NaN/inf for too many iterations in a row (or would write it).
+
+    `record` is the metrics record of the iteration that ended the run, if any.
+    """
+
+    def __init__(self, message: str, record: dict | None = None):
+        super().__init__(message)
+        self.record = record

@@ -98,8 +98,17 @@ def _convnet(arg: str, image_size: int, pretrained_path: str | None, width: int 
              depth: int = 3, **_: object) -> nn.Module:
     tower = ConvNet(image_size, width=width, depth=depth)
     if pretrained_path:
-        from safetensors.torch import load_file
-        tower.load_state_dict(load_file(pretrained_path))
+        from ..io import read_tensors
+        try:
+            state = read_tensors(Path(pretrained_path).expanduser())
+        except UserError as err:
+            raise UserError(f"model.pretrained_path: {err}") from None
+        try:
+            tower.load_state_dict(state)
+        except RuntimeError as err:     # missing, unexpected or mis-shaped tensors
+            detail = next((line.strip()[:200] for line in str(err).splitlines()[1:] if line.strip()), "")
+            raise UserError(f"model.pretrained_path {pretrained_path!r} does not hold convnet weights "
+                            f"of this width/depth: {detail}") from None
     return tower
 
 
