@@ -32,7 +32,8 @@ TEST_MARK = "†"
 TEST_NOTE = (f"{TEST_MARK} epoch chosen on the TEST split (the reference's protocol, "
              "eval.selection: test): optimistic, not comparable with val-selected numbers")
 LEGEND = ("IR = text→image, TR = image→text Recall@K (%), r_mean = mean of the six; "
-          "mean ± sample std over seeds at the epoch chosen on val; final = last epoch")
+          f"mean ± sample std over seeds at the epoch chosen on val (on test where marked {TEST_MARK}); "
+          "final = last epoch")
 
 Table = tuple[list[str], list[list[str]]]       # header, rows of cells
 
