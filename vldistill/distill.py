@@ -10,10 +10,10 @@ resumed run continues exactly where the interrupted one was (`vldistill.checkpoi
 Faults: an iteration whose matching loss or any gradient (images, texts, similarity, lrs) is
 not finite is skipped before the update and counted; `max_bad_steps` in a row stop the run
 with `NonFiniteError`, the last good checkpoint kept. An lr update that would make a learned
-lr non-finite or exceed `max_lr` is undone and reported; a linear lr is clamped at `min_lr`.
-No periodic checkpoint is written while the latest iteration was skipped, so the one on
-disk comes from a state that last gave a finite iteration. SIGINT/SIGTERM finish the current
-iteration, write a checkpoint, then stop.
+lr non-finite, zero (log underflow) or above `max_lr` is undone and reported; a linear lr is
+clamped at `min_lr`. No periodic checkpoint is written while the latest iteration was skipped,
+so the one on disk comes from a state that last gave a finite iteration. SIGINT/SIGTERM finish
+the current iteration, write a checkpoint, then stop.
 """
 from __future__ import annotations
 
