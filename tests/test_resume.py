@@ -1,0 +1,232 @@
+"""Runs that survive being killed: SIGKILL mid-iteration then resume gives the same bits as an
+uninterrupted run; SIGTERM writes a checkpoint first; half-written files are never read."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from reliability_helpers import FAST, TINY, copy_store, distill_records, run_cli, tiny_store
+from vldistill import runlock
+from vldistill.checkpoint import read_checkpoint
+from vldistill.errors import UserError
+from vldistill.interrupts import Interrupted, deferred_interrupts
+from vldistill.io import append_jsonl, read_tensors_and_metadata
+
+ITERATIONS = 6          # checkpoints at 2, 4, 6 (tiny.yaml: checkpoint_every 2)
+
+
+def _distill_args(run_dir: Path, cache_dir: Path, *extra: str) -> list[str]:
+    return ["distill", TINY, f"run_dir={run_dir}", f"cache_dir={cache_dir}",
+            f"buffer.dir={tiny_store(cache_dir)}", "eval.methods=[lors]",
+            f"distill.iterations={ITERATIONS}", *FAST, *extra]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, cache_dir) -> Path:
+    """An uninterrupted run: the bits every interrupted-and-resumed run must reproduce."""
+    from vldistill.cli import main
+    run_dir = tmp_path_factory.mktemp("reference") / "run"
+    assert main([str(a) for a in _distill_args(run_dir, cache_dir)]) == 0
+    return run_dir
+
+
+def _same_files(a: Path, b: Path) -> None:
+    """The final and best sets and the last checkpoint (momentum, generators, best-window
+    state): same bytes; the sets' cards alike but for the config they quote (run_dir)."""
+    for name in ("set.safetensors", "set_best.safetensors", "checkpoints/lors.safetensors"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), f"{name} differs"
+    for name in ("set.json", "set_best.json"):
+        first, second = ({k: v for k, v in json.loads((run / name).read_text()).items() if k != "config"}
+                         for run in (a, b))
+        assert first == second, f"{name} differs"
+
+
+def _wait_for_record(run_dir: Path, it: int, proc: subprocess.Popen, limit_s: float = 600) -> None:
+    """Poll metrics.jsonl until iteration `it` is logged (the process is then inside it + 1)."""
+    deadline = time.monotonic() + limit_s            # a hang guard, not a timing assertion
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the run ended before it could be killed"
+        path = run_dir / "metrics.jsonl"
+        if path.is_file() and any(r["it"] >= it for r in distill_records(run_dir)):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"iteration {it} never showed up in {path}")
+
+
+def test_sigkill_mid_iteration_then_resume_is_bit_identical(tmp_path, cache_dir, reference, capsys):
+    run_dir = tmp_path / "run"
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(TINY.parents[1])}
+    proc = subprocess.Popen([sys.executable, "-m", "vldistill", *map(str, _distill_args(run_dir, cache_dir))],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for_record(run_dir, 3, proc)           # checkpoint 2 written, iteration 4 running
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    checkpoint = run_dir / "checkpoints" / "lors.safetensors"
+    killed_at = json.loads(read_tensors_and_metadata(checkpoint)[1]["checkpoint"])["info"]["iteration"]
+    assert killed_at in (2, 4) and not (run_dir / "set.safetensors").exists()
+    # what a kill during a checkpoint write leaves: a partial temporary file beside the real one
+    stray = checkpoint.with_name(f".{checkpoint.name}.killed.tmp")
+    stray.write_bytes(checkpoint.read_bytes()[:1000])
+
+    # the dead process's lock is reported, not silently taken
+    code, err = run_cli(capsys, *_distill_args(run_dir, cache_dir, "distill.resume=true"))
+    assert code == 2 and "stale lock" in err and f"pid {proc.pid}" in err and "--force-unlock" in err
+    assert runlock.lock_owner(run_dir).pid == proc.pid
+
+    code, _ = run_cli(capsys, *_distill_args(run_dir, cache_dir, "distill.resume=true"), "--force-unlock")
+    assert code == 0
+    _same_files(reference, run_dir)
+    assert not stray.exists() and runlock.lock_owner(run_dir) is None
+    # the resumed iterations repeat the reference's losses exactly, from the checkpoint on
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    resume = next(i for i, r in enumerate(records) if r["stage"] == "resume")
+    assert records[resume]["it"] == killed_at
+    redone = [(r["it"], r["loss"], r["lr_img"]) for r in records[resume + 1:]]
+    expected = [(r["it"], r["loss"], r["lr_img"]) for r in distill_records(reference) if r["it"] > killed_at]
+    assert redone == expected
+
+
+def test_sigterm_writes_a_checkpoint_of_the_current_iteration(tmp_path, cache_dir, reference,
+                                                             capsys, monkeypatch):
+    from vldistill.distill import Distiller
+    run_dir = tmp_path / "run"
+    step = Distiller.step
+
+    def step_then_sigterm(self):
+        record = step(self)
+        if self.iteration == 3:                        # mid-window: not a checkpoint boundary
+            os.kill(os.getpid(), signal.SIGTERM)       # arrives while the iteration finishes
+        return record
+    monkeypatch.setattr(Distiller, "step", step_then_sigterm)
+    code, err = run_cli(capsys, *_distill_args(run_dir, cache_dir))
+    assert code == 128 + signal.SIGTERM and "interrupted" in err
+    info = json.loads((run_dir / "checkpoints" / "lors.json").read_text())
+    assert info["iteration"] == 3
+    assert runlock.lock_owner(run_dir) is None         # released on the way out: no --force-unlock needed
+    assert max(r["it"] for r in distill_records(run_dir)) == 3
+
+    monkeypatch.setattr(Distiller, "step", step)
+    code, _ = run_cli(capsys, *_distill_args(run_dir, cache_dir, "distill.resume=true"))
+    assert code == 0
+    _same_files(reference, run_dir)                    # the half-finished best window resumed too
+
+
+def test_checkpoint_restores_the_global_generators(tmp_path):
+    """python, numpy and torch's global generators continue as if never interrupted."""
+    import random
+
+    import numpy as np
+    from vldistill.checkpoint import write_checkpoint
+    path = tmp_path / "ckpt.safetensors"
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    random.random(), np.random.rand(), torch.rand(1), np.random.randn()    # leave a cached gaussian
+    write_checkpoint(path, {"value.0": torch.ones(2)}, {"iteration": 1, "setup": {"n_pairs": 2}})
+    expected = (random.random(), np.random.randn(), np.random.rand(), torch.rand(3))
+    random.seed(9), np.random.seed(9), torch.manual_seed(9)
+    state, _ = read_checkpoint(path, {"n_pairs": 2})
+    after = (random.random(), np.random.randn(), np.random.rand(), torch.rand(3))
+    assert after[:3] == expected[:3] and torch.equal(after[3], expected[3])
+    assert set(state) == {"value.0"}                   # the RNG entries are not handed back as state
+
+
+def test_second_signal_while_deferred_raises_at_once():
+    with deferred_interrupts() as pending:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert pending.requested                       # recorded, nothing raised yet
+        with pytest.raises(Interrupted) as caught:
+            os.kill(os.getpid(), signal.SIGTERM)
+    assert caught.value.exit_code == 128 + signal.SIGTERM
+
+
+def test_checkpoint_of_another_setup_or_damaged_is_refused(reference, tmp_path):
+    path = reference / "checkpoints" / "lors.safetensors"
+    setup = json.loads(path.with_suffix(".json").read_text())["setup"]
+    state, info = read_checkpoint(path, setup)
+    assert info["iteration"] == ITERATIONS and int(state["counters"][0]) == ITERATIONS
+    with pytest.raises(UserError, match=r"made with n_pairs=20, this run has n_pairs=10"):
+        read_checkpoint(path, setup | {"n_pairs": 10})
+    with pytest.raises(UserError, match=r"made with lr_param=\"linear\", this run has lr_param=\"log\""):
+        read_checkpoint(path, setup | {"lr_param": "log"})
+    damaged = tmp_path / "lors.safetensors"
+    damaged.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(UserError, match="not a readable safetensors file") as caught:
+        read_checkpoint(damaged, setup)
+    assert "\n" not in str(caught.value)
+
+
+def test_metrics_line_cut_by_a_kill_does_not_swallow_the_next_record(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    append_jsonl(path, {"it": 1})
+    with open(path, "a") as handle:
+        handle.write('{"it": 2, "lo')                 # killed mid-write
+    append_jsonl(path, {"it": 2})
+    lines = path.read_text().splitlines()
+    assert json.loads(lines[0]) == {"it": 1} and json.loads(lines[-1]) == {"it": 2}
+
+
+# ---------------------------------------------------------------- the buffer stage
+def _buffer_cfg(store: Path, cache_dir: Path, *extra: str):
+    from vldistill.config import load_config
+    return load_config(TINY, [f"cache_dir={cache_dir}", f"buffer.dir={store}", *FAST, *extra])
+
+
+def test_buffer_restart_skips_finished_experts_and_never_reads_a_half_written_one(
+        tmp_path, cache_dir, tiny_data):
+    from vldistill.experts import TrajectoryStore, run_buffer
+    store_dir = copy_store(cache_dir, tmp_path / "store")
+    store = TrajectoryStore(store_dir)
+    finished = store.expert_path(0).read_bytes()
+    finished_mtime = store.expert_path(0).stat().st_mtime_ns
+    # a buffer killed while writing expert 1 leaves exactly this: a partial temporary file
+    stray = store_dir / ".expert_001.safetensors.k1ll3d.tmp"
+    stray.write_bytes(finished[: len(finished) // 2])
+    assert store.experts() == [0]
+
+    run_buffer(_buffer_cfg(store_dir, cache_dir, "buffer.num_experts=2"), tiny_data,
+               torch.device("cpu"), store)
+    assert store.experts() == [0, 1]
+    assert store.expert_path(0).read_bytes() == finished              # not trained again
+    assert store.expert_path(0).stat().st_mtime_ns == finished_mtime
+    assert store.load(1, 1).image.shape == store.load(0, 1).image.shape
+    assert store.expert_path(1).read_bytes() != finished              # its own seed
+
+
+def test_expert_write_interrupted_leaves_no_expert(tmp_path, cache_dir, monkeypatch):
+    import vldistill.io as vio
+    from vldistill.experts import Snapshot, TrajectoryStore
+    store = TrajectoryStore(copy_store(cache_dir, tmp_path / "store"))
+    real_save = vio.save_file
+
+    def save_half_then_die(tensors, filename, metadata=None):
+        real_save(tensors, filename, metadata=metadata)
+        Path(filename).write_bytes(Path(filename).read_bytes()[:64])
+        raise KeyboardInterrupt                        # Ctrl-C in the middle of the write
+    monkeypatch.setattr(vio, "save_file", save_half_then_die)
+    snap = store.load(0, 0)
+    with pytest.raises(KeyboardInterrupt):
+        store.write_expert(1, {0: snap, 1: Snapshot(snap.image.clone(), snap.text.clone())}, {})
+    assert store.experts() == [0] and not store.expert_path(1).exists()
+    assert not list(store.dir.glob(".*.tmp"))
+
+
+def test_damaged_expert_file_is_named(tmp_path, cache_dir, tiny_cfg, tiny_data):
+    from vldistill.experts import TrajectoryStore, store_manifest
+    from vldistill.models.student import build_student
+    store = TrajectoryStore(copy_store(cache_dir, tmp_path / "store"))
+    data = store.expert_path(0).read_bytes()
+    store.expert_path(1).write_bytes(data[: len(data) // 3])     # e.g. a copy cut short by a full disk
+    cfg = tiny_cfg(*FAST)
+    expected = store_manifest(cfg, tiny_data, build_student(cfg.model, tiny_data.dataset.image_size,
+                                                           tiny_data.text_dim, seed=0))
+    with pytest.raises(UserError, match=r"expert_001\.safetensors is damaged .*rerun `vldistill buffer`"):
+        store.check(expected)
