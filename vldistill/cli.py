@@ -29,6 +29,8 @@ options:
                             gone (a run killed with SIGKILL or by a crash)
 """
 
+SINGLE_PROCESS = ("run", "distill", "report")     # commands that torchrun may not launch
+
 
 def _config_for(target: str, overrides: list[str]) -> Config:
     """A YAML file, or a run directory (its recorded config, resumed in place)."""
@@ -55,10 +57,13 @@ def cmd_run(target: str, overrides: list[str]) -> None:
 
 
 def cmd_buffer(target: str, overrides: list[str]) -> None:
+    from . import distributed
     from .data import prepare_data
     from .pipeline import open_run, stage_buffer
     run = open_run(_config_for(target, overrides))
-    stage_buffer(run, prepare_data(run.cfg, str(run.device)))
+    with distributed.main_first():          # torchrun: rank 0 fills the data caches first
+        data = prepare_data(run.cfg, str(run.device))
+    stage_buffer(run, data)
 
 
 def cmd_distill(target: str, overrides: list[str]) -> None:
@@ -69,6 +74,7 @@ def cmd_distill(target: str, overrides: list[str]) -> None:
 
 
 def cmd_eval(target: str, overrides: list[str]) -> None:
+    from . import distributed
     from .data import prepare_data
     from .pipeline import DISTILLED_METHODS, open_run, stage_eval
     from .report import results_table
@@ -86,7 +92,11 @@ def cmd_eval(target: str, overrides: list[str]) -> None:
     else:
         sets = {m: DistilledSet.load(run.set_path(m)) for m in run.cfg.eval.methods
                 if m in DISTILLED_METHODS}
-    print(results_table(stage_eval(run, prepare_data(run.cfg, str(run.device)), sets, set_paths)))
+    with distributed.main_first():
+        data = prepare_data(run.cfg, str(run.device))
+    table = results_table(stage_eval(run, data, sets, set_paths))
+    if distributed.context().is_main:
+        print(table)
 
 
 def cmd_report(target: str, overrides: list[str]) -> None:
@@ -121,7 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_intermixed_args(argv)
     from . import runlock
     from .interrupts import terminate_as_interrupt
+    from . import distributed           # (imports torch; kept out of `--help`)
     try:
+        if args.command in SINGLE_PROCESS and distributed.context().world_size > 1:
+            raise UserError(f"`vldistill {args.command}` runs as one process (distill needs one GPU); "
+                            "launch only `buffer` and `eval` with torchrun")
         if args.command == "compare":
             cmd_compare([args.target, *args.rest])
         else:

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from tqdm.auto import tqdm
 
+from . import distributed
 from .augment import augment
 from .errors import MissingFileError, UserError
 from .models.student import DualEncoder, build_student
@@ -302,7 +302,8 @@ def evaluate_methods(ctx: EvalContext, tower: EvalTower | None = None,
             raise UserError(f"eval.methods asks for {name!r} but there is no {name} set to evaluate")
         seeds = [cfg.seed * 1000 + 17 + s for s in range(cfg.eval.num_eval)]
         run_seed = partial(_METHODS[name], ctx, tower)
-        results = [run_seed(seed) for seed in tqdm(seeds, desc=f"eval {name} on {tower.label}", unit="seed")]
+        results = distributed.sharded_map(run_seed, seeds,          # torchrun: seeds shared out
+                                          progress=f"eval {name} on {tower.label}")
         summaries[name] = summarize(results, cfg.eval.selection, seeds)
         log.info("%s on %s: r_mean %.2f +- %.2f (final epoch %.2f)", name, tower.label,
                  summaries[name]["r_mean"], summaries[name]["r_mean_std"],

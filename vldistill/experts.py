@@ -23,7 +23,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from tqdm.auto import tqdm
 
-from . import __version__
+from . import __version__, distributed
 from .errors import MissingFileError, UserError
 from .io import read_json, write_json, write_tensors
 from .models.student import DualEncoder, FunctionalStudent, build_student
@@ -198,6 +198,7 @@ def run_buffer(cfg, data, device: torch.device, store: TrajectoryStore, rank: in
     if rank == 0:
         store.write_manifest(manifest | {"vldistill": __version__, "epochs": epochs_to_keep(cfg),
                                          "lr_teacher": cfg.buffer.lr_teacher})
+    distributed.barrier()       # under torchrun: no rank goes on before the manifest exists
     done = set(store.experts())
     mine = [k for k in range(rank, cfg.buffer.num_experts, world_size) if k not in done]
     if done:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from . import __version__, runlock
+from . import __version__, distributed, runlock
 from .config import Config, to_yaml
 from .data import PreparedData, prepare_data
 from .distill import run_distill
@@ -39,12 +39,13 @@ DISTILLED_METHODS = {"lors": None, "baseline": "identity"}     # method -> simil
 
 
 def resolve_device(name: str) -> torch.device:
+    """auto: CUDA when present; under torchrun a bare cuda is the process's own GPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return distributed.local_device(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     if name.startswith("cuda") and not torch.cuda.is_available():
         from .errors import UserError
         raise UserError(f"device={name} but no CUDA device is available; use device=cpu or auto")
-    return torch.device(name)
+    return distributed.local_device(torch.device(name))
 
 
 @dataclass
@@ -52,7 +53,7 @@ class Run:
     cfg: Config
     dir: Path
     device: torch.device
-    lock: runlock.RunLock | None = None     # held by the process that writes the run
+    lock: runlock.RunLock | None = None     # held by the process that writes the run (rank 0)
 
     @property
     def metrics_path(self) -> Path:
@@ -74,15 +75,17 @@ def open_run(cfg: Config, force_unlock: bool | None = None) -> Run:
     determinism and logging. `force_unlock` takes over a stale lock (`vldistill.runlock`)."""
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    lock = runlock.acquire(run_dir, force_unlock)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     use_deterministic(cfg.deterministic)
-    _log_to(run_dir / "log.txt")
-    write_text(run_dir / "config.yaml", to_yaml(cfg))
     device = resolve_device(cfg.device)
-    write_json(run_dir / "environment.json", environment(device) | {
-        "seed": cfg.seed, "deterministic": cfg.deterministic})
+    ctx = distributed.init(device)          # joins torchrun's process group, if launched so
+    lock = runlock.acquire(run_dir, force_unlock) if ctx.is_main else None
+    _log_to(run_dir / ("log.txt" if ctx.is_main else f"log.rank{ctx.rank}.txt"))
+    if ctx.is_main:
+        write_text(run_dir / "config.yaml", to_yaml(cfg))
+        write_json(run_dir / "environment.json", environment(device) | {
+            "seed": cfg.seed, "deterministic": cfg.deterministic})
     return Run(cfg, run_dir, device, lock)
 
 
@@ -152,7 +155,11 @@ def _log_to(path: Path) -> None:
 
 
 def stage_buffer(run: Run, data: PreparedData) -> TrajectoryStore:
-    return run_buffer(run.cfg, data, run.device, run.store)
+    """This process's share of the experts (all of them when it runs alone)."""
+    ctx = distributed.context()
+    store = run_buffer(run.cfg, data, run.device, run.store, ctx.rank, ctx.world_size)
+    distributed.barrier()                   # every expert is on disk before any rank goes on
+    return store
 
 
 def stage_distill(run: Run, data: PreparedData, methods: list[str] | None = None) -> dict[str, DistilledSet]:
@@ -196,11 +203,12 @@ def stage_eval(run: Run, data: PreparedData, sets: dict[str, DistilledSet],
     path = run.dir / "results.json"
     if external and path.is_file():
         results = merge_results(read_json(path), results)
-    write_json(path, results)
-    append_jsonl(run.metrics_path, {"stage": "eval", **{m: s["r_mean"] for m, s in body["methods"].items()}})
-    for method in [] if external else sets:
-        if run.set_path(method).with_suffix(".json").is_file():
-            update_card(run.set_path(method), {"metrics": _card_metrics(method, results)})
+    if distributed.context().is_main:     # every rank holds the gathered summaries; one writes
+        write_json(path, results)
+        append_jsonl(run.metrics_path, {"stage": "eval", **{m: s["r_mean"] for m, s in body["methods"].items()}})
+        for method in [] if external else sets:
+            if run.set_path(method).with_suffix(".json").is_file():
+                update_card(run.set_path(method), {"metrics": _card_metrics(method, results)})
     return results
 
 
