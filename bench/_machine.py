@@ -6,6 +6,7 @@ Used by every bench/bench_*.py (import as `from _machine import ...`; the script
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -62,22 +63,53 @@ def write_results(name: str, results: Any, device: torch.device | str = "cpu",
     return path
 
 
+def add_machine_args(parser: argparse.ArgumentParser, threads: int = 1) -> None:
+    """--device and --threads, the same in every benchmark."""
+    parser.add_argument("--device", default="auto", help="auto (cuda when present) | cpu | cuda")
+    parser.add_argument("--threads", type=int, default=threads,
+                        help="torch threads (default %(default)s: ratios are steadier on a shared CPU)")
+
+
+def apply_machine_args(args: argparse.Namespace) -> torch.device:
+    """Set the thread count and resolve the device; print the machine line."""
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    name = args.device
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    print(describe(device))
+    return device
+
+
 def sync(device: torch.device | str) -> None:
     """Wait for queued GPU work so a timer sees it (no-op on CPU)."""
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
 
 
+def time_interleaved(fns: dict[str, Callable[[], Any]], device: torch.device | str = "cpu",
+                     repeats: int = 3, warmup: int = 1) -> dict[str, float]:
+    """Median wall seconds of each function, run in turns (a, b, c, a, b, c, ...).
+
+    Taking turns makes a slowdown of a shared machine hit every candidate alike, so the
+    ratios between them survive noise better than their absolute values.
+    """
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            sync(device)
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+
+
 def time_call(fn: Callable[[], Any], device: torch.device | str = "cpu", repeats: int = 3,
               warmup: int = 1) -> float:
     """Median wall seconds of `fn()` over `repeats` runs after `warmup` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+    return time_interleaved({"fn": fn}, device, repeats, warmup)["fn"]
