@@ -88,13 +88,28 @@ def sync(device: torch.device | str) -> None:
         torch.cuda.synchronize(device)
 
 
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def steady_clock(device: torch.device | str) -> str:
+    """The clock that ratios are read from: this process's CPU time on a CPU, wall time on a GPU.
+
+    On a CPU shared with other jobs, wall time measures the scheduler as much as the code; the
+    CPU seconds this process used (single-threaded: the work done) do not depend on who else
+    runs. GPU work is not in the process's CPU time, so GPUs use the wall clock.
+    """
+    return "cpu" if torch.device(device).type == "cpu" else "wall"
+
+
 def time_interleaved(fns: dict[str, Callable[[], Any]], device: torch.device | str = "cpu",
-                     repeats: int = 3, warmup: int = 1) -> dict[str, float]:
-    """Median wall seconds of each function, run in turns (a, b, c, a, b, c, ...).
+                     repeats: int = 3, warmup: int = 1, clock: str = "wall") -> dict[str, float]:
+    """Median seconds (`clock`: wall or this process's cpu) of each function, run in turns
+    (a, b, c, a, b, c, ...).
 
     Taking turns makes a slowdown of a shared machine hit every candidate alike, so the
     ratios between them survive noise better than their absolute values.
     """
+    now = CLOCKS[clock]
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -102,10 +117,10 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], device: torch.device | s
     for _ in range(repeats):
         for name, fn in fns.items():
             sync(device)
-            start = time.perf_counter()
+            start = now()
             fn()
             sync(device)
-            times[name].append(time.perf_counter() - start)
+            times[name].append(now() - start)
     return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
 
 

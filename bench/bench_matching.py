@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from functools import partial
 
-from _machine import add_machine_args, apply_machine_args, time_interleaved, write_results
+from _machine import add_machine_args, apply_machine_args, steady_clock, time_interleaved, write_results
 from _workload import METHODS, make_workload
 
 GOAL = 4.0
@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     device = apply_machine_args(args)
 
-    rows = []
+    rows, clock = [], steady_clock(device)
+    print(f"seconds: {clock} clock (median of turns)")
     print(f"{'tower':<15}{'T':>4}{'plain s':>10}{'tesla s':>10}{'unroll s':>10}"
           f"{'tesla/plain':>13}{'unroll/plain':>14}  goal <= {GOAL:g}x")
     for tower in args.towers.split(","):
@@ -54,9 +55,9 @@ def main(argv: list[str] | None = None) -> dict:
             methods = {k: partial(fn, work, batches) for k, fn in METHODS.items()
                        if not (k == "unrolled" and args.no_unrolled)}
             repeats = 1 if large else args.repeats
-            seconds = time_interleaved(methods, device, repeats=repeats, warmup=1)
+            seconds = time_interleaved(methods, device, repeats=repeats, warmup=1, clock=clock)
             row = {"tower": tower, "T": t, "image_size": size, "mini_batch": batch,
-                   "n_pairs": n_pairs, "seconds": seconds, "repeats": repeats,
+                   "n_pairs": n_pairs, "seconds": seconds, "clock": clock, "repeats": repeats,
                    "tesla_over_plain": seconds["tesla"] / seconds["plain"],
                    "unrolled_over_plain": seconds.get("unrolled", float("nan")) / seconds["plain"]}
             row["goal_met"] = row["tesla_over_plain"] <= GOAL

@@ -109,5 +109,9 @@ class FunctionalStudent:
 
     def logits(self, phi: torch.Tensor, psi: torch.Tensor, x: torch.Tensor,
                y: torch.Tensor) -> torch.Tensor:
-        params = {**self.image_layout.unflatten(phi), **self.text_layout.unflatten(psi)}
+        return self.logits_from({**self.image_layout.unflatten(phi), **self.text_layout.unflatten(psi)}, x, y)
+
+    def logits_from(self, params: dict[str, torch.Tensor], x: torch.Tensor,
+                    y: torch.Tensor) -> torch.Tensor:
+        """Logits with every parameter given by name (e.g. per-parameter leaves)."""
         return functional_call(self.model, params, (x, y))
