@@ -34,12 +34,21 @@ def test_faiss_equals_torch_and_brute_force(metric, seed):
 
 
 def test_torch_path_blocks_agree_with_one_block():
-    from vldistill.neighbours import _torch_search
+    from vldistill.neighbours import _torch_index
     queries, bank = _data(5)
     for kind in ("cos", "l2"):
-        whole = _torch_search(queries, bank, 3, kind, None)
-        blocked = _torch_search(queries, bank, 3, kind, None, max_entries=700 * 3)   # 3 queries a block
+        whole = _torch_index(bank, kind)(queries, 3, None)
+        blocked = _torch_index(bank, kind, max_entries=700 * 3)(queries, 3, None)   # 3 queries a block
         assert torch.equal(whole[1], blocked[1])
+
+
+def test_one_index_answers_many_searches_like_fresh_ones():
+    from vldistill.neighbours import NeighbourIndex
+    queries, bank = _data(6)
+    index = NeighbourIndex(bank, "l2")
+    for exclude in ([], [1, 2, 3], list(range(0, 700, 2))):
+        assert torch.equal(index.search(queries, 4, exclude).indices,
+                           knn(queries, bank, 4, "l2", exclude=exclude, backend="torch").indices)
 
 
 def test_bad_requests_are_refused():
@@ -50,3 +59,5 @@ def test_bad_requests_are_refused():
         knn(queries, bank, 1, metric="dot")
     with pytest.raises(ValueError, match="unknown search backend"):
         knn(queries, bank, 1, backend="annoy")
+    with pytest.raises(ValueError, match="must be"):
+        knn(queries[:, :3], bank, 1)

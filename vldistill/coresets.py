@@ -27,7 +27,7 @@ from torch import nn
 from .errors import UnknownNameError, UserError
 from .experts import TrajectoryStore, store_manifest
 from .models.student import DualEncoder, FunctionalStudent, build_student
-from .neighbours import knn
+from .neighbours import NeighbourIndex, knn
 from .similarity import IdentitySimilarity
 from .synset import DistilledSet
 from .training import embed_split
@@ -43,16 +43,18 @@ def herding(features: torch.Tensor, n: int, backend: str = "faiss") -> list[int]
     the chosen points closest to the mean of all points.
 
     At step t the best point x minimizes ||mu - (sum_chosen + x) / t||, i.e. it is the nearest
-    unchosen neighbour of t * mu - sum_chosen: one exact 1-NN query per step.
+    unchosen neighbour of t * mu - sum_chosen: one exact 1-NN query per step, all against
+    one index of the points.
     """
     _check_count(features, n)
     features = features.float()
+    index = NeighbourIndex(features, "l2", backend)
     mean = features.mean(0)
     total = torch.zeros_like(mean)
     chosen: list[int] = []
     for t in range(1, n + 1):
         target = t * mean - total
-        i = int(knn(target[None], features, 1, "l2", exclude=chosen, backend=backend).indices[0, 0])
+        i = int(index.search(target[None], 1, exclude=chosen).indices[0, 0])
         chosen.append(i)
         total += features[i]
     return chosen
