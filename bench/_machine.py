@@ -128,3 +128,32 @@ def time_call(fn: Callable[[], Any], device: torch.device | str = "cpu", repeats
               warmup: int = 1) -> float:
     """Median wall seconds of `fn()` over `repeats` runs after `warmup` untimed ones."""
     return time_interleaved({"fn": fn}, device, repeats, warmup)["fn"]
+
+
+def peak_bytes(fn: Callable[[], Any], device: torch.device | str = "cpu") -> int:
+    """Peak tensor memory `fn()` allocates beyond what was live when it started.
+
+    GPU: torch.cuda.max_memory_allocated. CPU: torch's CPU allocator, seen through the
+    profiler's memory events (profile_memory=True records every tensor allocation and free
+    with its size); the peak of their running sum. Python objects and the allocator's own
+    slack are not counted; tensors, including autograd's saved activations, are.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - base
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = [e for e in prof.profiler.kineto_results.events()
+              if e.name() == "[memory]" and str(e.device_type()).endswith("CPU")]
+    live = peak = 0
+    for event in sorted(events, key=lambda e: e.start_ns()):
+        live += event.nbytes()
+        peak = max(peak, live)
+    return peak
+

@@ -52,6 +52,13 @@ class Workload:
                                  torch.Generator().manual_seed(seed))
         return [b.to(self.device) for b in batches]
 
+    def resident_bytes(self) -> int:
+        """Tensors alive between iterations: student, expert start and target, set, their grads."""
+        tensors = [*self.student.model.parameters(), *self.start, *self.target, self.images,
+                   self.texts, *self.similarity.parameters()]
+        tensors += [t.grad for t in tensors if t.grad is not None]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
     def zero_grad(self) -> None:
         for t in (self.images, self.texts, *self.similarity.parameters()):
             t.grad = None

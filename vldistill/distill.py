@@ -31,6 +31,7 @@ from .experts import TrajectoryStore, store_manifest
 from .interrupts import deferred_interrupts
 from .io import append_jsonl, remove_leftover_temps
 from .matching import sample_batches, tesla_match
+from .memory import check_distill_fits
 from .models.student import FunctionalStudent, build_student
 from .similarity import build_similarity
 from .synset import DistilledSet
@@ -255,6 +256,7 @@ def run_distill(cfg, data, store: TrajectoryStore, set_path: Path, checkpoint_pa
     Also writes the best-so-far set (`vldistill.checkpoint.BestSoFar`) next to the final one,
     as SET_best.{safetensors,json}. Call it only while holding the run lock (`vldistill.runlock`).
     """
+    check_distill_fits(cfg, data.dataset.image_size, data.text_dim, sim_kind, device)   # logs; refuses
     distiller = Distiller(cfg, data, store, sim_kind, device)
     remove_leftover_temps(checkpoint_path)
     remove_leftover_temps(checkpoint_path.with_suffix(".json"))

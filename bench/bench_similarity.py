@@ -1,0 +1,119 @@
+"""Benchmark c: the learned similarity at scale, lowrank (LoRS) against full.
+
+Part 1, per similarity and N: parameter bytes (and with gradient and momentum, as distill
+holds them), and the time of one mini-batch block S_I: build it from the rows of I, backprop a
+cotangent into it and scatter the gradient into the rows (what every matching step does),
+timed as an iteration's first block, so it includes creating the gradient buffer.
+`full` at sizes whose N x N matrices would not fit in memory is reported, not allocated.
+
+Part 2: one whole distill iteration (TESLA matching + the SGD-momentum update of images,
+texts and similarity, as the Distiller does) for N = 1,000 / 10,000 / 50,000 synthetic pairs:
+the matching and the similarity do not depend on N; what does is the dense momentum update
+of the N synthetic images (kept dense: a lazy update would change the optimizer's results).
+
+    python bench/bench_similarity.py                       # N = 10,000 and 50,000, rank 40
+    python bench/bench_similarity.py --sizes 10000,100000 --iteration-sizes 1000,10000
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from _machine import add_machine_args, apply_machine_args, steady_clock, time_interleaved, write_results
+from _workload import make_workload, tesla_iteration
+
+from vldistill.memory import device_memory
+from vldistill.similarity import build_similarity
+
+STATE_COPIES = 3            # parameter, gradient, momentum
+MB = 2**20
+
+
+def parameter_count(kind: str, n: int, rank: int) -> int:
+    return {"lowrank": n * (2 * rank + 1), "full": n * n, "identity": 0}[kind]
+
+
+def block_seconds(kind: str, n: int, rank: int, batch: int, device: torch.device, clock: str) -> float:
+    """Seconds per mini-batch block: gather, build (b, b), backprop, scatter into rows."""
+    sim = build_similarity(kind, n, rank, alpha=3.0).to(device)
+    generator = torch.Generator().manual_seed(0)
+    cotangent = torch.randn(batch, batch, device=device)
+
+    def block() -> None:        # as the first block of an iteration: its gradient starts empty
+        sim.zero_grad(set_to_none=True)
+        idx = torch.randperm(n, generator=generator)[:batch].to(device)
+        rows = [p.detach().requires_grad_(True) for p in sim.params(idx)]
+        matrix = sim.matrix_from(rows, batch)
+        sim.add_grad(idx, list(torch.autograd.grad(matrix, rows, grad_outputs=cotangent)))
+    return time_interleaved({"block": block}, device, repeats=20, warmup=2, clock=clock)["block"]
+
+
+def iteration_seconds(kind: str, n: int, args, device: torch.device, clock: str) -> dict[str, float]:
+    """One distill iteration at N pairs: matching alone, and matching + the optimizer update."""
+    work = make_workload("convnet", 32, n, args.mini_batch, device, sim_kind=kind, rank=args.rank,
+                         width=64, depth=3)
+    optimizer = torch.optim.SGD([{"params": [work.images]}, {"params": [work.texts]},
+                                 {"params": list(work.similarity.parameters())}], lr=0.01, momentum=0.5)
+    batches = work.batches(args.steps)
+
+    def matching() -> None:
+        tesla_iteration(work, batches)
+
+    def iteration() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        tesla_iteration(work, batches)
+        optimizer.step()
+    return time_interleaved({"matching": matching, "iteration": iteration}, device,
+                            repeats=args.repeats, warmup=1, clock=clock)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="10000,50000", help="N for the block timings")
+    parser.add_argument("--iteration-sizes", default="1000,10000,50000", help="N for whole iterations")
+    parser.add_argument("--rank", type=int, default=40)
+    parser.add_argument("--mini-batch", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=8, help="T of the distill iterations")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--memory-fraction", type=float, default=0.5,
+                        help="allocate `full` only when its state takes at most this share of free memory")
+    add_machine_args(parser)
+    args = parser.parse_args(argv)
+    device = apply_machine_args(args)
+    clock = steady_clock(device)
+    available = device_memory(device)[0] or 0
+
+    blocks = []
+    print(f"mini-batch block S_I (b = {args.mini_batch}), rank {args.rank}; seconds: {clock} clock")
+    print(f"{'kind':<9}{'N':>8}{'params MB':>12}{'+grad+mom MB':>14}{'ms / block':>12}")
+    for n in (int(s) for s in args.sizes.split(",")):
+        for kind in ("lowrank", "full"):
+            nbytes = 4 * parameter_count(kind, n, args.rank)
+            fits = STATE_COPIES * nbytes <= args.memory_fraction * available
+            seconds = block_seconds(kind, n, args.rank, args.mini_batch, device, clock) if fits else None
+            blocks.append({"kind": kind, "n": n, "rank": args.rank, "param_bytes": nbytes,
+                           "state_bytes": STATE_COPIES * nbytes, "block_seconds": seconds})
+            shown = f"{1000 * seconds:>12.3f}" if seconds is not None else f"{'(too big)':>12}"
+            print(f"{kind:<9}{n:>8}{nbytes / MB:>12.1f}{STATE_COPIES * nbytes / MB:>14.1f}{shown}")
+
+    iterations = []
+    print(f"\none distill iteration (convnet, 32 px, T = {args.steps}, mini-batch {args.mini_batch}); "
+          f"seconds: {clock} clock")
+    print(f"{'kind':<9}{'N':>8}{'matching s':>12}{'iteration s':>13}")
+    for n in (int(s) for s in args.iteration_sizes.split(",")):
+        for kind in ("lowrank", "full"):
+            if STATE_COPIES * 4 * parameter_count(kind, n, args.rank) > args.memory_fraction * available:
+                print(f"{kind:<9}{n:>8}{'(too big)':>12}")
+                continue
+            seconds = iteration_seconds(kind, n, args, device, clock)
+            iterations.append({"kind": kind, "n": n, "seconds": seconds})
+            print(f"{kind:<9}{n:>8}{seconds['matching']:>12.2f}{seconds['iteration']:>13.2f}")
+    path = write_results("similarity", {"blocks": blocks, "iterations": iterations}, device,
+                         vars(args) | {"clock": clock})
+    print(f"wrote {path}")
+    return {"blocks": blocks, "iterations": iterations}
+
+
+if __name__ == "__main__":
+    main()
