@@ -5,8 +5,8 @@ T plain SGD steps of the student, one TESLA iteration (`vldistill.matching.tesla
 one naive unroll that keeps the whole graph (the MTT form VL-distill uses). Goal: TESLA costs
 at most 4x the T plain steps.
 
-    python bench/bench_matching.py                    # convnet T=8,16,32; nfnet_l0 T=8 (minutes)
-    python bench/bench_matching.py --full             # nfnet_l0 at T=8,16,32 too (long on a CPU)
+    python bench/bench_matching.py                    # convnet T=8,16,32; nfnet_l0 T=8 without the unroll
+    python bench/bench_matching.py --full             # nfnet_l0 at every T, with the unroll (long, GBs)
     python bench/bench_matching.py --towers convnet --steps 8 --repeats 5
 """
 from __future__ import annotations
@@ -52,8 +52,9 @@ def main(argv: list[str] | None = None) -> dict:
         work = make_workload(tower, size, n_pairs, batch, device, **kwargs)
         for t in (int(s) for s in steps.split(",")):
             batches = work.batches(t)
+            skip_unrolled = args.no_unrolled or (large and not args.full)   # GBs of graph on a CPU
             methods = {k: partial(fn, work, batches) for k, fn in METHODS.items()
-                       if not (k == "unrolled" and args.no_unrolled)}
+                       if not (k == "unrolled" and skip_unrolled)}
             repeats = 1 if large else args.repeats
             seconds = time_interleaved(methods, device, repeats=repeats, warmup=1, clock=clock)
             row = {"tower": tower, "T": t, "image_size": size, "mini_batch": batch,
