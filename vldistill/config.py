@@ -237,6 +237,7 @@ class Config:
     seed: int = 0
     device: str = "auto"                  # auto | cpu | cuda | cuda:N
     threads: int = 0                      # torch.set_num_threads; 0 leaves torch's default
+    amp: str = "none"                     # none | bf16: autocast for experts and evaluation (not distill)
     deterministic: bool = False           # deterministic GPU kernels (slower); CPU runs are deterministic anyway
     cache_dir: Optional[str] = None       # text-embedding cache; default ~/.cache/vldistill
     data: DataConfig = field(default_factory=DataConfig)
@@ -248,6 +249,7 @@ class Config:
     def __post_init__(self) -> None:
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, not {self.device!r}")
+        _choice(self, "amp", ("none", "bf16"))
         if self.threads < 0:
             raise ConfigError(f"threads must be >= 0 (0: torch's default), got {self.threads}")
         last = self.distill.last_epoch_used

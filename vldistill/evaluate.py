@@ -27,6 +27,7 @@ from typing import Callable
 import torch
 
 from . import distributed
+from .accel import prepare_student
 from .augment import augment
 from .errors import MissingFileError, UserError
 from .models.student import DualEncoder, build_student
@@ -133,7 +134,7 @@ def train_on_set(cfg, data, synthetic: DistilledSet, seed: int, device: torch.de
     `tower` picks the student's image tower and recipe (default: the distilled-on tower).
     """
     e, tower = cfg.eval, tower or eval_towers(cfg)[0]
-    model = tower.build(cfg, data, seed).to(device)
+    model = prepare_student(tower.build(cfg, data, seed), device, cfg.amp)
     lr_img = tower.lr if tower.lr is not None else synthetic.lr_img
     lr_txt = tower.lr if tower.lr is not None else synthetic.lr_txt
     optimizer = sgd_for_student(model, lr_img, lr_txt, e.momentum, e.weight_decay)
@@ -161,7 +162,7 @@ def train_on_full(cfg, data, seed: int, device: torch.device,
                   tower: EvalTower | None = None) -> SeedResult:
     """The upper bound: a student trained on every real pair with the expert recipe."""
     tower = tower or eval_towers(cfg)[0]
-    model = tower.build(cfg, data, seed).to(device)
+    model = prepare_student(tower.build(cfg, data, seed), device, cfg.amp)
     optimizer = sgd_for_student(model, tower.full_lr, tower.full_lr, cfg.buffer.momentum,
                                 cfg.buffer.weight_decay)
     selector = _EpochSelector(model, data, cfg.eval.selection, device)

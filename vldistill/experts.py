@@ -24,6 +24,7 @@ from safetensors import SafetensorError, safe_open
 from tqdm.auto import tqdm
 
 from . import __version__, distributed
+from .accel import prepare_student
 from .errors import MissingFileError, UserError
 from .io import read_json, write_json, write_tensors
 from .models.student import DualEncoder, FunctionalStudent, build_student
@@ -155,7 +156,8 @@ def epochs_to_keep(cfg) -> list[int]:
 def train_expert(k: int, cfg, data, device: torch.device, store: TrajectoryStore) -> dict:
     """Train expert k (seeded by cfg.seed and k), store its kept snapshots, return its metrics."""
     seed = cfg.seed * 10_000 + k
-    model = build_student(cfg.model, data.dataset.image_size, data.text_dim, seed=seed).to(device)
+    model = prepare_student(build_student(cfg.model, data.dataset.image_size, data.text_dim, seed=seed),
+                            device, cfg.amp)
     fs = FunctionalStudent(model)
     optimizer = sgd_for_student(model, cfg.buffer.lr_teacher, cfg.buffer.lr_teacher,
                                 cfg.buffer.momentum, cfg.buffer.weight_decay)

@@ -44,12 +44,20 @@ class DualEncoder(nn.Module):
         self.image_tower = image_tower
         self.text_head = ProjectionHead(text_dim, image_tower.num_features, dropout)
         self.logit_scale = 1.0 / temperature
+        self.autocast_dtype: torch.dtype | None = None     # bf16 towers: see vldistill.accel
+
+    def _run(self, module: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+        """A tower's output, in fp32 (computed under autocast when autocast_dtype is set)."""
+        if self.autocast_dtype is None:
+            return module(inputs)
+        with torch.autocast(inputs.device.type, dtype=self.autocast_dtype):
+            return module(inputs).float()
 
     def encode_image(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.image_tower(x), dim=-1)
+        return F.normalize(self._run(self.image_tower, x), dim=-1)
 
     def encode_text(self, y: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.text_head(y), dim=-1)
+        return F.normalize(self._run(self.text_head, y), dim=-1)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.logit_scale * self.encode_image(x) @ self.encode_text(y).t()
