@@ -61,3 +61,16 @@ def test_bad_requests_are_refused():
         knn(queries, bank, 1, backend="annoy")
     with pytest.raises(ValueError, match="must be"):
         knn(queries[:, :3], bank, 1)
+
+
+def test_a_small_faiss_search_leaves_torch_threads_alone():
+    """faiss shares torch's OpenMP runtime: its one-thread setting for small searches must not
+    stay behind (it once left every later training step of the process on one thread)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        queries, bank = _data(0, q=1, n=50, d=8)       # small: faiss searches it with one thread
+        knn(queries, bank, 1, "l2", backend="faiss")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -13,8 +13,9 @@ on the GPU when the tensors live there.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -105,15 +106,31 @@ def _faiss_index(bank: torch.Tensor, kind: str) -> Searcher:
     def search(queries: torch.Tensor, k: int, excluded: torch.Tensor | None):
         # OpenMP start-up dominates small searches (and stalls on a busy machine): one thread there
         small = len(queries) * index.ntotal * index.d < 2 ** 24
-        faiss.omp_set_num_threads(1 if small else torch.get_num_threads())
         params = None
         if excluded is not None:
             # the inner selector must outlive the search: IDSelectorNot keeps only a pointer to it
             inner = faiss.IDSelectorBatch(excluded.cpu().numpy().astype(np.int64))
             params = faiss.SearchParameters(sel=faiss.IDSelectorNot(inner))
-        scores, indices = index.search(queries.cpu().contiguous().numpy(), k, params=params)
+        with _omp_threads(faiss, 1 if small else torch.get_num_threads()):
+            scores, indices = index.search(queries.cpu().contiguous().numpy(), k, params=params)
         return torch.from_numpy(scores), torch.from_numpy(indices).long()
     return search
+
+
+@contextmanager
+def _omp_threads(faiss, n: int) -> Iterator[None]:
+    """faiss's OpenMP thread count for one search, then the previous one back.
+
+    faiss and torch share the process's OpenMP runtime: a count set for faiss and left there
+    would also be torch's (one small search used to leave every later training step on one
+    thread).
+    """
+    previous = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(n)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(previous)
 
 
 @register_backend("torch")
