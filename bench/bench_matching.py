@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--nfnet-batch", type=int, default=TOWERS["timm:nfnet_l0"][2])
     parser.add_argument("--no-unrolled", action="store_true", help="skip the naive unroll")
     parser.add_argument("--full", action="store_true", help="large towers at every --steps value")
+    parser.add_argument("--results-name", default="matching", help="bench/results/NAME.json")
     add_machine_args(parser)
     args = parser.parse_args(argv)
     device = apply_machine_args(args)
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"{tower:<15}{t:>4}{seconds['plain']:>10.2f}{seconds['tesla']:>10.2f}"
                   f"{seconds.get('unrolled', float('nan')):>10.2f}{row['tesla_over_plain']:>12.2f}x"
                   f"{row['unrolled_over_plain']:>13.2f}x  {'met' if row['goal_met'] else 'NOT met'}")
-    path = write_results("matching", rows, device, vars(args))
+    path = write_results(args.results_name, rows, device, vars(args))
     print(f"wrote {path}")
     return {"rows": rows}
 

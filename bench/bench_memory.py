@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", default="4,16,32")
     parser.add_argument("--unrolled-max-t", type=int, default=32,
                         help="skip the unroll above this T (its memory grows without bound)")
+    parser.add_argument("--results-name", default="memory", help="bench/results/NAME.json")
     add_machine_args(parser)
     args = parser.parse_args(argv)
     device = apply_machine_args(args)
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
               f"T={mine[-1]['T']} (goal <= {100 * GOAL:.0f}%: {'met' if growth <= GOAL else 'NOT met'})")
         for r in mine:
             r["tesla_growth_from_first"] = r["peak_bytes"]["tesla"] / mine[0]["peak_bytes"]["tesla"] - 1
-    path = write_results("memory", rows, device, vars(args) | {
+    path = write_results(args.results_name, rows, device, vars(args) | {
         "measure": "cuda max_memory_allocated" if device.type == "cuda"
         else "torch CPU allocator events (torch.profiler profile_memory=True), peak above start"})
     print(f"wrote {path}")
