@@ -141,6 +141,8 @@ def environment(device: torch.device) -> dict:
 def _log_to(path: Path) -> None:
     root = logging.getLogger()
     root.setLevel(logging.INFO)
+    # faiss logs each SIMD build it tries and fails to import at INFO, which reads like an error
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
                for h in root.handlers):
         console = logging.StreamHandler()
