@@ -136,11 +136,10 @@ def save_training_curves(records: list[dict], path: str | Path) -> Path | None:
             eval_ax.plot([r["it"] for r in scored], [r["r_mean"] for r in scored], "o-", label=kind)
     final = [r for r in records if r.get("stage") == "eval"]
     if final:
-        for method, value in final[-1].items():
-            if method != "stage" and isinstance(value, (int, float)):
-                line = eval_ax.axhline(value, ls="--", lw=0.8)
-                eval_ax.text(0.01, value, f" {method} {value:.1f}", color=line.get_color(),
-                             fontsize=7, va="bottom", transform=eval_ax.get_yaxis_transform())
+        methods = [(m, v) for m, v in final[-1].items() if m != "stage" and isinstance(v, (int, float))]
+        for method, value in methods:   # named in the legend: close values would overprint as text
+            eval_ax.axhline(value, ls="--", lw=0.8, color=f"C{len(eval_ax.lines)}",
+                            label=f"{method} {value:.2f}")
     loss_ax.set(title="matching loss (line: mean of 10)", xlabel="iteration")
     lr_ax.set(title="learned student lrs", xlabel="iteration", yscale="log")
     eval_ax.set(title="eval r_mean (dashed: final evaluation)", xlabel="iteration",
