@@ -27,7 +27,8 @@ def tiny_store(cache_dir: Path) -> Path:
         return store_dir
     from vldistill.config import load_config
     from vldistill.data import prepare_data
-    from vldistill.experts import TrajectoryStore, run_buffer
+    from vldistill.experts import run_buffer
+    from vldistill.trajectories import TrajectoryStore
     cfg = load_config(TINY, [f"cache_dir={cache_dir}", *FAST])
     run_buffer(cfg, prepare_data(cfg), torch.device("cpu"), TrajectoryStore(store_dir))
     return store_dir

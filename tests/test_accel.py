@@ -60,7 +60,8 @@ def test_channels_last_only_for_conv_towers_on_gpus():
 
 
 def test_experts_trained_in_bf16_store_fp32_trajectories(tiny_cfg, tiny_data, monkeypatch, tmp_path):
-    from vldistill.experts import TrajectoryStore, run_buffer
+    from vldistill.experts import run_buffer
+    from vldistill.trajectories import TrajectoryStore
     monkeypatch.setattr(accel, "native_bf16", lambda device: True)
     cfg = tiny_cfg("amp=bf16")
     store = run_buffer(cfg, tiny_data, torch.device("cpu"), TrajectoryStore(tmp_path / "buffer"))

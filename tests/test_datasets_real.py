@@ -259,7 +259,7 @@ TINY_RUN = ["data.image_size=32", "model.image_tower=convnet", "model.convnet_wi
             "distill.n_pairs=6", "distill.mini_batch=3", "distill.rank=2", "distill.syn_steps=2",
             "distill.iterations=2", "distill.max_start_epoch=1", "distill.checkpoint_every=1",
             "eval.num_eval=1", "eval.epochs=2", "eval.val_every=1", "eval.batch_size=4",
-            "eval.methods=[lors,baseline,random]", "data.num_workers=0",
+            "eval.methods=[lors,lors-identity,random]", "data.num_workers=0",
             # the paper's lrs are for NFNet at 224 px; a tiny random ConvNet needs tiny.yaml's
             "distill.lr_img=1000", "distill.lr_txt=1", "distill.lr_lr=1e-5", "distill.lr_sim=0.1"]
 
@@ -300,7 +300,7 @@ def test_baseline_configs_are_vl_distill_with_identity_similarity(dataset, size)
     d = cfg.distill
     assert (d.n_pairs, d.sim_kind, d.loss, d.mini_batch, d.lr_img, d.lr_txt, d.lr_lr) == (
         size, "identity", "infonce", 100, 1000, 1000, 0.01)
-    assert cfg.eval.methods[0] == "baseline" and "lors" not in cfg.eval.methods
+    assert cfg.eval.methods[0] == "lors-identity" and "lors" not in cfg.eval.methods
     buffer = load_config(f"configs/buffer_{dataset}.yaml")
     assert cfg.buffer.dir == buffer.buffer.dir and cfg.model == buffer.model     # the same experts
     assert (cfg.data.train_json, cfg.eval.epochs, cfg.eval.num_eval) == (
@@ -319,7 +319,7 @@ def test_paper_config_runs_on_tiny_fixture(tmp_path, cache_dir):
                  f"cache_dir={cache_dir}", *TINY_RUN, f"model.text_tower=hf:{bert}"])
     assert code == 0
     results = json.loads((run_dir / "results.json").read_text())
-    assert results["dataset"] == "karpathy" and set(results["methods"]) == {"lors", "baseline", "random"}
+    assert results["dataset"] == "karpathy" and set(results["methods"]) == {"lors", "lors-identity", "random"}
     resolved = load_config(run_dir / "config.yaml")
     assert resolved.data.name == "karpathy" and resolved.distill.sim_kind == "lowrank"
     assert resolved.distill.loss == "wbce" and resolved.distill.n_pairs == 6    # paper settings + overrides

@@ -6,10 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-from vldistill import evaluate
+from vldistill import evaluate, methods
 from vldistill.cli import main
-from vldistill.evaluate import EvalContext, _EpochSelector, eval_towers, evaluate_all, summarize
-from vldistill.experts import Snapshot, TrajectoryStore, store_manifest
+from vldistill.evaluate import _EpochSelector, eval_towers
+from vldistill.methods import EvalContext, evaluate_all, summarize
+from vldistill.trajectories import Snapshot, TrajectoryStore, store_manifest
 from vldistill.models.student import FunctionalStudent, build_student
 from vldistill.report import TEST_MARK
 from vldistill.retrieval import METRICS
@@ -106,9 +107,9 @@ def test_eval_set_labels_selection_and_compare_prints_one_table(tmp_path, cache_
     val = json.loads((tmp_path / "run_val" / "results.json").read_text())
     test = json.loads((tmp_path / "run_test" / "results.json").read_text())
     assert set(val["methods"]) == {"lors", "random"} and val["n_pairs"] == 12
-    assert set(test["methods"]) == {"baseline"}           # identity similarity: the baseline
+    assert set(test["methods"]) == {"lors-identity"}      # identity similarity: LoRS with S = I
     assert all(s["selection"] == "epoch chosen on val" for s in val["methods"].values())
-    assert test["methods"]["baseline"]["selection"].startswith("best epoch on TEST")
+    assert test["methods"]["lors-identity"]["selection"].startswith("best epoch on TEST")
     assert test["eval"]["selection"] == "test"
     capsys.readouterr()
     assert main(["compare", str(tmp_path / "run_val"), str(tmp_path / "run_test")]) == 0
@@ -118,7 +119,7 @@ def test_eval_set_labels_selection_and_compare_prints_one_table(tmp_path, cache_
     rows = {tuple(c.strip() for c in line.strip("|").split("|"))[:6] for line in table[2:]}
     assert rows == {(str(tmp_path / "run_val"), "shapes", "12", "convnet (distilled on)", "lors", "val"),
                     (str(tmp_path / "run_val"), "shapes", "12", "convnet (distilled on)", "random", "val"),
-                    (str(tmp_path / "run_test"), "shapes", "12", "convnet (distilled on)", "baseline",
+                    (str(tmp_path / "run_test"), "shapes", "12", "convnet (distilled on)", "lors-identity",
                      f"TEST {TEST_MARK}")}
     assert "epoch chosen on the TEST split" in out
     # the set files were read, not rewritten
@@ -143,14 +144,14 @@ def test_coreset_methods_use_the_store_and_the_sets_pair_count(tiny_cfg, tiny_da
     store = untrained_store(cfg, tiny_data, tmp_path / "buffer")
     synthetic = make_set(tiny_data, tmp_path / "s" / "set", n=15)
     ctx = EvalContext(cfg, tiny_data, torch.device("cpu"), {"lors": synthetic}, store)
-    picked = {m: evaluate.coreset_for(ctx, m, seed=5) for m in ("herding", "kcenter")}
+    picked = {m: methods.coreset_for(ctx, m, seed=5) for m in ("herding", "kcenter")}
     assert all(s.n_pairs == 15 and s.card["coreset_space"] == "joint" for s in picked.values())
-    assert picked["herding"].card["image_indices"] == evaluate.coreset_for(ctx, "herding", 6).card["image_indices"]
-    summaries = evaluate.evaluate_methods(ctx, methods=["herding", "kcenter"])
+    assert picked["herding"].card["image_indices"] == methods.coreset_for(ctx, "herding", 6).card["image_indices"]
+    summaries = {m: methods.evaluate_method(ctx, m) for m in ("herding", "kcenter")}
     assert set(summaries) == {"herding", "kcenter"}
     assert all(0 <= s["r_mean"] <= 100 and s["n_seeds"] == 1 for s in summaries.values())
     with pytest.raises(Exception, match="needs a trajectory store"):
-        evaluate.coreset_for(EvalContext(cfg, tiny_data, torch.device("cpu"), {}, None), "herding", 0)
+        methods.coreset_for(EvalContext(cfg, tiny_data, torch.device("cpu"), {}, None), "herding", 0)
 
 
 def test_cross_architecture_towers_each_train_with_their_own_recipe(tiny_cfg, tiny_data, tmp_path,

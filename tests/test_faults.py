@@ -12,7 +12,7 @@ import torch
 import vldistill.distill as distill_module
 from reliability_helpers import FAST, run_cli, tiny_store
 from vldistill.distill import Distiller, NonFiniteError, run_distill
-from vldistill.experts import TrajectoryStore
+from vldistill.trajectories import TrajectoryStore
 from vldistill.matching import MatchResult
 
 CPU = torch.device("cpu")
@@ -44,7 +44,7 @@ def make_distiller(tiny_cfg, tiny_data, cache_dir):
     store = TrajectoryStore(tiny_store(cache_dir))
 
     def make(*overrides: str) -> Distiller:
-        return Distiller(tiny_cfg(*FAST, *overrides), tiny_data, store, "lowrank", CPU)
+        return Distiller(tiny_cfg(*FAST, *overrides), tiny_data, store, CPU)
     return make
 
 
@@ -77,7 +77,7 @@ def test_any_non_finite_gradient_skips_the_whole_update(corrupt, make_distiller,
 
 def _run(cfg, tiny_data, cache_dir, tmp_path):
     return run_distill(cfg, tiny_data, TrajectoryStore(tiny_store(cache_dir)), tmp_path / "set",
-                       tmp_path / "ckpt.safetensors", tmp_path / "metrics.jsonl", "lowrank", CPU)
+                       tmp_path / "ckpt.safetensors", tmp_path / "metrics.jsonl", CPU)
 
 
 def test_k_bad_iterations_stop_with_the_last_good_checkpoint(tiny_cfg, tiny_data, cache_dir, tmp_path,

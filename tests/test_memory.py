@@ -60,17 +60,17 @@ def test_saved_bytes_scale_with_the_image_area():
 def test_distill_that_cannot_fit_is_refused(tiny_cfg, monkeypatch, caplog):
     cfg = tiny_cfg()
     with caplog.at_level(logging.INFO, logger="vldistill.memory"):
-        estimate = memory.check_distill_fits(cfg, 16, 384, "lowrank", torch.device("cpu"))
+        estimate = memory.check_distill_fits(cfg, 16, 384, torch.device("cpu"))
     assert estimate is not None and estimate.total > 0
     assert "distill memory estimate" in caplog.text and "available of" in caplog.text
 
     monkeypatch.setattr(memory, "device_memory", lambda device: (estimate.total // 2, 2 * estimate.total))
     with pytest.raises(UserError, match="distillation needs about .* lower distill.mini_batch"):
-        memory.check_distill_fits(cfg, 16, 384, "lowrank", torch.device("cpu"))
+        memory.check_distill_fits(cfg, 16, 384, torch.device("cpu"))
 
 
 def test_full_similarity_at_scale_is_refused_without_allocating(tiny_cfg):
     # 300,000 pairs with a full N x N similarity: ~1 TB; built on the meta device, so this is quick
     cfg = tiny_cfg("distill.n_pairs=300000", "distill.sim_kind=full")
     with pytest.raises(UserError, match="distillation needs about"):
-        memory.check_distill_fits(cfg, 16, 384, "full", torch.device("cpu"))
+        memory.check_distill_fits(cfg, 16, 384, torch.device("cpu"))

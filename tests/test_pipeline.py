@@ -7,7 +7,7 @@ import torch
 
 from vldistill.cli import main
 from vldistill.config import load_config
-from vldistill.experts import TrajectoryStore
+from vldistill.trajectories import TrajectoryStore
 from vldistill.retrieval import METRICS
 from vldistill.synset import DistilledSet
 
@@ -20,7 +20,7 @@ def test_run_writes_results_for_every_method(tmp_path, cache_dir, capsys):
     assert code == 0
     results = json.loads((run_dir / "results.json").read_text())
     assert results["dataset"] == "shapes" and results["n_pairs"] == 20
-    assert set(results["methods"]) == {"lors", "baseline", "random", "full"}
+    assert set(results["methods"]) == {"lors", "lors-identity", "random", "full"}
     for summary in results["methods"].values():
         for key in METRICS:
             assert 0.0 <= summary[key] <= 100.0
@@ -28,12 +28,12 @@ def test_run_writes_results_for_every_method(tmp_path, cache_dir, capsys):
         assert summary["r_mean"] == pytest.approx(sum(summary[k] for k in METRICS[:-1]) / 6)
     table = capsys.readouterr().out
     assert "| lors |" in table and "| full |" in table
-    # the sets load back and the baseline really has the identity similarity
+    # the sets load back and lors-identity really has the identity similarity
     lors = DistilledSet.load(run_dir)
-    baseline = DistilledSet.load(run_dir / "baseline" / "set")
+    identity = DistilledSet.load(run_dir / "lors-identity" / "set")
     assert lors.images.shape == (20, 3, 16, 16) and lors.text_embeddings.shape == (20, 384)
-    assert lors.similarity.kind == "lowrank" and baseline.similarity.kind == "identity"
-    torch.testing.assert_close(baseline.similarity_matrix(), torch.eye(20))
+    assert lors.similarity.kind == "lowrank" and identity.similarity.kind == "identity"
+    torch.testing.assert_close(identity.similarity_matrix(), torch.eye(20))
     assert (run_dir / "report" / "lors_grid.png").is_file()
     # one metrics record per distill iteration and method
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -83,4 +83,4 @@ def test_demo_config_is_the_embedded_default_at_full_size():
     assert (cfg.data.shapes_train, cfg.data.shapes_val, cfg.data.shapes_test) == (10_000, 500, 1_000)
     assert cfg.model.text_tower == "minilm" and cfg.distill.n_pairs == 100
     assert cfg.eval.selection == "val" and cfg.eval.num_eval >= 3
-    assert set(cfg.eval.methods) == {"lors", "baseline", "random", "herding", "kcenter", "full"}
+    assert set(cfg.eval.methods) == {"lors", "lors-identity", "random", "herding", "kcenter", "full"}

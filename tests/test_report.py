@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from vldistill.figures import read_metrics
-from vldistill.html_report import ReportInputs, _results_section, write_report
+from vldistill.html_report import ReportInputs, _results_context, render_page, write_report
 from vldistill.report import (compare_table, decode_captions, false_negatives, inspect_set,
                               results_table)
 from vldistill.retrieval import METRICS
@@ -21,6 +21,18 @@ from test_evaluate import make_set
 def _summary(r_mean, selection="epoch chosen on val"):
     s = {k: r_mean for k in METRICS} | {f"{k}_std": 0.5 for k in METRICS}
     return s | {"final": {"r_mean": r_mean - 1, "r_mean_std": 0.4}, "n_seeds": 3, "selection": selection}
+
+
+def _page(results: dict, title: str = "t") -> str:
+    return render_page({"title": title, "written": "now", "legend": "", "curves": None, "sets": [],
+                        "results": _results_context(results)})
+
+
+def test_report_page_escapes_every_value():
+    """Captions, labels and titles come from users' data: none may become markup."""
+    evil = '<script>alert("x")</script>'
+    page = _page(_results(methods={evil: _summary(3.0)}), title=evil)
+    assert "<script>" not in page and "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in page
 
 
 def _results(**extra):
@@ -67,8 +79,8 @@ def test_tables_order_methods_and_mark_test_selection():
     on_test = _results(methods={"lors": _summary(12.0, "best epoch on TEST (reference protocol)")})
     marked = results_table(on_test)
     assert "| lors † |" in marked and "epoch chosen on the TEST split" in marked
-    assert "epoch chosen on the TEST split" in _results_section(on_test)
-    assert "TEST split" not in _results_section(_results())
+    assert "epoch chosen on the TEST split" in _page(on_test)
+    assert "TEST split" not in _page(_results())
     transfer = _results(towers={"timm:resnet10t": {"settings": {"image_tower": "timm:resnet10t", "lr": 0.01,
                                                                 "epochs": 5, "augment": "flip"},
                                                    "methods": {"lors": _summary(6.0)}}})
@@ -93,11 +105,11 @@ def test_read_metrics_keeps_the_last_record_of_a_resumed_iteration(tmp_path):
 
 def _write_demo_report(tiny_data, tmp_path):
     sets = {"lors": make_set(tiny_data, tmp_path / "lors" / "set"),
-            "baseline": make_set(tiny_data, tmp_path / "baseline" / "set", kind="identity", seed=4)}
+            "lors-identity": make_set(tiny_data, tmp_path / "lors-identity" / "set", kind="identity", seed=4)}
     records = [{"stage": "distill", "kind": kind, "it": it, "loss": 1.0 / it, "lr_img": 0.1 + it / 100,
                 "lr_txt": 0.1} for kind in ("lowrank", "identity") for it in range(1, 21)]
     records += [{"stage": "distill_eval", "kind": "lowrank", "it": it, "r_mean": 5.0 + it} for it in (10, 20)]
-    records.append({"stage": "eval", "lors": 12.0, "baseline": 9.0})
+    records.append({"stage": "eval", "lors": 12.0, "lors-identity": 9.0})
     inputs = ReportInputs("report test", sets, tiny_data.text["train"], tiny_data.dataset.train.captions,
                           tiny_data.dataset.mean, tiny_data.dataset.std, _results(), records)
     return write_report(inputs, tmp_path / "report")
@@ -111,9 +123,9 @@ def test_report_html_is_self_contained(tiny_data, tmp_path):
     assert len(sources) == 1 + 2 + 1 + 1 + 24 + 20
     assert all(s.startswith("data:image/png;base64,") for s in sources)
     assert "<script" not in text and "http" not in text
-    for name in ("curves", "lors_grid", "baseline_grid", "lors_similarity", "lors_pairs"):
+    for name in ("curves", "lors_grid", "lors-identity_grid", "lors_similarity", "lors_pairs"):
         assert (page.parent / f"{name}.png").is_file()
-    assert not (page.parent / "baseline_similarity.png").exists()        # identity: nothing to show
+    assert not (page.parent / "lors-identity_similarity.png").exists()        # identity: nothing to show
     first = inspections["lors"].after[0][0][0]
     assert html_lib.escape(first) in text and "12.00 ± 0.50" in text
 

@@ -13,10 +13,10 @@ from reliability_helpers import FAST, TINY
 from vldistill.cli import main
 from vldistill.io import read_tensors_and_metadata
 
-RUN = [*FAST, "eval.methods=[lors,baseline,random]", "eval.num_eval=1", "eval.epochs=2",
+RUN = [*FAST, "eval.methods=[lors,lors-identity,random]", "eval.num_eval=1", "eval.epochs=2",
        "eval.val_every=1"]
-SAME_BYTES = ["set.safetensors", "set_best.safetensors", "baseline/set.safetensors",
-              "checkpoints/lors.safetensors", "checkpoints/baseline.safetensors"]
+SAME_BYTES = ["set.safetensors", "set_best.safetensors", "lors-identity/set.safetensors",
+              "checkpoints/lors.safetensors", "checkpoints/lors-identity.safetensors"]
 
 
 def _run(run_dir: Path, cache_dir: Path, *extra: str, command: str = "run") -> Path:
@@ -68,7 +68,7 @@ def test_run_directory_records_what_the_result_depends_on(first):
 
 def test_deterministic_flag_is_applied_and_changes_nothing_on_cpu(first, tmp_path, cache_dir):
     from vldistill.config import load_config
-    from vldistill.pipeline import open_run
+    from vldistill.rundir import open_run
     try:
         run = _run(tmp_path / "run", cache_dir, "deterministic=true", f"buffer.dir={first / 'buffer'}",
                    "eval.methods=[lors]", command="distill")

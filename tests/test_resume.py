@@ -183,7 +183,8 @@ def _buffer_cfg(store: Path, cache_dir: Path, *extra: str):
 
 def test_buffer_restart_skips_finished_experts_and_never_reads_a_half_written_one(
         tmp_path, cache_dir, tiny_data):
-    from vldistill.experts import TrajectoryStore, run_buffer
+    from vldistill.experts import run_buffer
+    from vldistill.trajectories import TrajectoryStore
     store_dir = copy_store(cache_dir, tmp_path / "store")
     store = TrajectoryStore(store_dir)
     finished = store.expert_path(0).read_bytes()
@@ -204,7 +205,7 @@ def test_buffer_restart_skips_finished_experts_and_never_reads_a_half_written_on
 
 def test_expert_write_interrupted_leaves_no_expert(tmp_path, cache_dir, monkeypatch):
     import vldistill.io as vio
-    from vldistill.experts import Snapshot, TrajectoryStore
+    from vldistill.trajectories import Snapshot, TrajectoryStore
     store = TrajectoryStore(copy_store(cache_dir, tmp_path / "store"))
     real_save = vio.save_file
 
@@ -221,7 +222,7 @@ def test_expert_write_interrupted_leaves_no_expert(tmp_path, cache_dir, monkeypa
 
 
 def test_damaged_expert_file_is_named(tmp_path, cache_dir, tiny_cfg, tiny_data):
-    from vldistill.experts import TrajectoryStore, store_manifest
+    from vldistill.trajectories import TrajectoryStore, store_manifest
     from vldistill.models.student import build_student
     store = TrajectoryStore(copy_store(cache_dir, tmp_path / "store"))
     data = store.expert_path(0).read_bytes()

@@ -2,10 +2,10 @@
 import pytest
 import torch
 
-from vldistill.similarity import build_similarity, list_similarities
+from vldistill.similarity import SIMILARITIES, build_similarity
 
 
-@pytest.mark.parametrize("kind", list_similarities())
+@pytest.mark.parametrize("kind", SIMILARITIES.names())
 def test_batch_matrix_is_block_of_full_matrix(kind):
     torch.manual_seed(0)
     sim = build_similarity(kind, 12, rank=3, alpha=2.0)

@@ -5,7 +5,7 @@ without any, a pretrained ResNet or ViT usually wants flips and shifts. So augme
 per-tower evaluation setting (`eval.augment`, `eval.towers.NAME.augment`), applied to the
 normalized synthetic (or coreset) images batch by batch, each image drawn independently.
 
-Register another with `@register_augmentation("name")` on `fn(images, generator) -> images`.
+Register another with `@AUGMENTATIONS.register("name")` on `fn(images, generator) -> images`.
 """
 from __future__ import annotations
 
@@ -14,47 +14,34 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .errors import UnknownNameError
+from .registry import Registry
 
 Augmentation = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
-_AUGMENTATIONS: dict[str, Augmentation] = {}
-
-
-def register_augmentation(name: str):
-    def wrap(fn: Augmentation) -> Augmentation:
-        _AUGMENTATIONS[name] = fn
-        return fn
-    return wrap
-
-
-def list_augmentations() -> list[str]:
-    return sorted(_AUGMENTATIONS)
+AUGMENTATIONS: Registry[Augmentation] = Registry("augmentation")
 
 
 def augment(images: torch.Tensor, name: str, generator: torch.Generator) -> torch.Tensor:
     """(b, 3, H, W) -> (b, 3, H, W) augmented by the named augmentation (draws from generator)."""
-    if name not in _AUGMENTATIONS:
-        raise UnknownNameError(f"unknown augmentation {name!r}; known: {', '.join(list_augmentations())}")
-    return _AUGMENTATIONS[name](images, generator)
+    return AUGMENTATIONS.get(name)(images, generator)
 
 
 def _draw(n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
     return torch.rand(n, generator=generator).to(device)
 
 
-@register_augmentation("none")
+@AUGMENTATIONS.register("none")
 def _none(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return images
 
 
-@register_augmentation("flip")
+@AUGMENTATIONS.register("flip")
 def _flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Horizontal flip of each image with probability 1/2."""
     flip = _draw(len(images), generator, images.device) < 0.5
     return torch.where(flip[:, None, None, None], images.flip(-1), images)
 
 
-@register_augmentation("flip_crop")
+@AUGMENTATIONS.register("flip_crop")
 def _flip_crop(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Flip, then shift each image by up to 1/8 of its side (reflect-padded, cropped back)."""
     images = _flip(images, generator)
@@ -69,4 +56,4 @@ def _flip_crop(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor
     return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2).contiguous()
 
 
-__all__ = ["augment", "list_augmentations", "register_augmentation"]
+__all__ = ["AUGMENTATIONS", "augment"]

@@ -1,35 +1,32 @@
-"""Command line: `vldistill run|buffer|distill|eval|report|compare CONFIG_OR_RUN_DIR [key=value ...]`.
+"""Command line: `vldistill COMMAND TARGET [key=value ...]`, each command a thin layer over the
+library (`vldistill.pipeline`, `vldistill.report`). `vldistill COMMAND --help` says what the
+command reads and writes and which config sections it uses.
 
-A thin layer over `vldistill.pipeline`. User errors (bad config, missing files, a store made
-with another setup) print one line and exit with status 2; anything else is a bug and keeps
-its traceback.
+User errors (bad config, missing files, a store made with another setup) print one line and
+exit with status 2; anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from .config import Config, load_config
 from .errors import UserError
 from .io import read_json
 
-USAGE = """vldistill COMMAND TARGET [key=value ...]
 
-commands:
-  run      CONFIG|RUN_DIR   buffer -> distill -> evaluate -> report (a RUN_DIR resumes that run)
-  buffer   CONFIG           train the experts and store their trajectories
-  distill  CONFIG           distill the sets the config's eval.methods need
-  eval     CONFIG           evaluate the run's sets (or set=PATH) and write results.json
-  report   RUN_DIR          images, decoded captions, similarity heat map, results table
-  compare  RUN_DIR ...      one markdown table over several runs
-
-options:
-  --force-unlock            take over a run directory whose lock was left by a process that is
-                            gone (a run killed with SIGKILL or by a crash)
-"""
-
-SINGLE_PROCESS = ("run", "distill", "report")     # commands that torchrun may not launch
+@dataclass(frozen=True)
+class Command:
+    summary: str                    # one line for `vldistill --help`
+    details: str                    # what it reads, writes and uses, for `vldistill CMD --help`
+    target: str                     # what TARGET is
+    run: Callable[[argparse.Namespace], None]
+    writes_run: bool = True         # takes the run directory's lock (--force-unlock applies)
+    single_process: bool = False    # refused under torchrun
 
 
 def _config_for(target: str, overrides: list[str]) -> Config:
@@ -51,47 +48,62 @@ def _split_extra(overrides: list[str], names: tuple[str, ...]) -> tuple[dict[str
     return extra, rest
 
 
-def cmd_run(target: str, overrides: list[str]) -> None:
-    from .pipeline import open_run, run_all
-    print(run_all(open_run(_config_for(target, overrides))))
+def _open(args: argparse.Namespace, overrides: list[str] | None = None):
+    from .rundir import open_run
+    return open_run(_config_for(args.target, args.overrides if overrides is None else overrides))
 
 
-def cmd_buffer(target: str, overrides: list[str]) -> None:
+def cmd_run(args: argparse.Namespace) -> None:
+    from .pipeline import run_all
+    print(run_all(_open(args)))
+
+
+def cmd_buffer(args: argparse.Namespace) -> None:
     from . import distributed
     from .data import prepare_data
-    from .pipeline import open_run, stage_buffer
-    run = open_run(_config_for(target, overrides))
+    from .pipeline import stage_buffer
+    run = _open(args)
     with distributed.main_first():          # torchrun: rank 0 fills the data caches first
         data = prepare_data(run.cfg, str(run.device))
     stage_buffer(run, data)
 
 
-def cmd_distill(target: str, overrides: list[str]) -> None:
+def cmd_distill(args: argparse.Namespace) -> None:
     from .data import prepare_data
-    from .pipeline import open_run, stage_distill
-    run = open_run(_config_for(target, overrides))
+    from .pipeline import stage_distill
+    run = _open(args)
     stage_distill(run, prepare_data(run.cfg, str(run.device)))
 
 
-def cmd_eval(target: str, overrides: list[str]) -> None:
+def _method_of(synthetic) -> str:
+    """The distilled method a saved set belongs to: its card's, else by its similarity."""
+    from .methods import METHODS, distilled_methods
+    named = synthetic.card.get("method")
+    if named in METHODS and named in distilled_methods():
+        return named
+    return "lors-identity" if synthetic.similarity.kind == "identity" else "lors"
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
     from . import distributed
     from .data import prepare_data
-    from .pipeline import DISTILLED_METHODS, open_run, stage_eval
+    from .methods import distilled_methods
+    from .pipeline import stage_eval
     from .report import results_table
     from .synset import DistilledSet
-    extra, overrides = _split_extra(overrides, ("set",))
-    run = open_run(_config_for(target, overrides))
+    extra, overrides = _split_extra(args.overrides, ("set",))
     set_paths = None
     if "set" in extra:      # that set alone, plus the baselines only if eval.methods is given
         synthetic = DistilledSet.load(extra["set"])
-        method = "baseline" if synthetic.similarity.kind == "identity" else "lors"
+        method = _method_of(synthetic)
         asked = any(item.startswith("eval.methods=") for item in overrides)
-        run.cfg.eval.methods = [method] + [m for m in run.cfg.eval.methods
-                                           if asked and m not in DISTILLED_METHODS]
+        baselines = [m for m in _config_for(args.target, overrides).eval.methods
+                     if asked and m not in distilled_methods()]
+        overrides = [*overrides, f"eval.methods=[{','.join([method, *baselines])}]"]
         sets, set_paths = {method: synthetic}, {method: Path(extra["set"]).resolve()}
-    else:
-        sets = {m: DistilledSet.load(run.set_path(m)) for m in run.cfg.eval.methods
-                if m in DISTILLED_METHODS}
+    run = _open(args, overrides)            # the recorded config.yaml is the one that runs
+    if set_paths is None:
+        sets = {m: DistilledSet.load(run.set_path(m)) for m in distilled_methods(run.cfg.eval.methods)}
     with distributed.main_first():
         data = prepare_data(run.cfg, str(run.device))
     table = results_table(stage_eval(run, data, sets, set_paths))
@@ -99,21 +111,18 @@ def cmd_eval(target: str, overrides: list[str]) -> None:
         print(table)
 
 
-def cmd_report(target: str, overrides: list[str]) -> None:
+def cmd_report(args: argparse.Namespace) -> None:
     from .data import prepare_data
-    from .pipeline import DISTILLED_METHODS, open_run, stage_report
-    from .synset import DistilledSet
-    run = open_run(_config_for(target, overrides))
-    sets = {m: DistilledSet.load(run.set_path(m)) for m in DISTILLED_METHODS
-            if run.set_path(m).with_suffix(".safetensors").is_file()}
-    print(stage_report(run, prepare_data(run.cfg, str(run.device)), sets))
+    from .pipeline import existing_sets, stage_report
+    run = _open(args)
+    print(stage_report(run, prepare_data(run.cfg, str(run.device)), existing_sets(run)))
 
 
-def cmd_compare(targets: list[str]) -> None:
+def cmd_compare(args: argparse.Namespace) -> None:
     """One markdown table over the runs' results.json (run x eval tower x method rows)."""
     from .report import compare_table
     runs = []
-    for target in targets:
+    for target in [args.target, *args.overrides]:
         path = Path(target) / "results.json"
         if not path.is_file():
             raise UserError(f"{target!r} has no results.json: run `vldistill run` or `vldistill eval` there first")
@@ -121,27 +130,133 @@ def cmd_compare(targets: list[str]) -> None:
     print(compare_table(runs))
 
 
+def cmd_config(args: argparse.Namespace) -> None:
+    from .config_help import annotated_yaml
+    print(annotated_yaml(_config_for(args.target, args.overrides)), end="")
+
+
+def cmd_decode(args: argparse.Namespace) -> None:
+    from .data import prepare_data
+    from .report import decoded_text
+    from .synset import DistilledSet
+    synthetic = DistilledSet.load(args.target)
+    cfg = _set_config(Path(args.target), synthetic, args.overrides)
+    data = prepare_data(cfg)
+    print(decoded_text(synthetic, data.text["train"], data.dataset.train.captions, args.top_k,
+                       args.pairs), end="")
+
+
+def _set_config(target: Path, synthetic, overrides: list[str]) -> Config:
+    """The config a set was made with: its run directory's config.yaml, else its card's."""
+    folder = target if target.is_dir() else target.parent
+    for candidate in (folder / "config.yaml", folder.parent / "config.yaml"):
+        if candidate.is_file():
+            return load_config(candidate, overrides)
+    if "config" in synthetic.card:
+        from .config import config_from_dict
+        return config_from_dict(synthetic.card["config"], f"the card of {str(target)!r}", overrides)
+    raise UserError(f"{str(target)!r}: no config.yaml beside the set and none in its card: "
+                    "decode it inside its run directory")
+
+
+_OVERRIDES = "config overrides, key=value (`vldistill config CONFIG` lists every key)"
+COMMANDS = {
+    "run": Command(
+        "buffer -> distill -> evaluate -> report (a RUN_DIR resumes that run)",
+        "Runs every stage into run_dir: the experts (buffer.*; skipped when buffer.dir already\n"
+        "holds them), a set per distilled method of eval.methods (distill.*), the evaluation of\n"
+        "every method (eval.*), then report/. Given a RUN_DIR instead of a config, resumes it\n"
+        "from its config.yaml and checkpoints. Writes RUN_DIR/{config.yaml, environment.json,\n"
+        "metrics.jsonl, set.*, METHOD/set.*, checkpoints/, results.json, report/}.",
+        "CONFIG.yaml or RUN_DIR", cmd_run, single_process=True),
+    "buffer": Command(
+        "train the experts and store their trajectories",
+        "Trains buffer.num_experts experts on the real data (data.*, model.*, buffer.*) and\n"
+        "writes their snapshots to buffer.dir (default RUN_DIR/buffer); experts already stored\n"
+        "are skipped. Runs under torchrun, each rank training its share.",
+        "CONFIG.yaml or RUN_DIR", cmd_buffer),
+    "distill": Command(
+        "distill the sets the config's eval.methods need",
+        "Reads the trajectory store and distills one set per distilled method in eval.methods\n"
+        "(distill.*, model.*, data.*). Writes RUN_DIR/set.* (lors), RUN_DIR/METHOD/set.*,\n"
+        "RUN_DIR/checkpoints/ and metrics.jsonl; distill.resume=true continues from a checkpoint.",
+        "CONFIG.yaml or RUN_DIR", cmd_distill, single_process=True),
+    "eval": Command(
+        "evaluate the run's sets (or set=PATH) and write results.json",
+        "Trains eval.num_eval fresh students per method of eval.methods on each evaluation\n"
+        "tower (eval.*, eval.towers) and scores them on the test split. Reads the run's sets\n"
+        "(or the one at set=PATH) and the trajectory store (herding, kcenter). Writes\n"
+        "RUN_DIR/results.json and each set's metrics into its card. Runs under torchrun.",
+        "CONFIG.yaml or RUN_DIR", cmd_eval),
+    "report": Command(
+        "images, decoded captions, similarity heat map, results table",
+        "Reads the run's sets, results.json and metrics.jsonl, and the training captions;\n"
+        "writes RUN_DIR/report/report.html and its PNGs, and the decoded captions into each\n"
+        "set's card.", "RUN_DIR", cmd_report, single_process=True),
+    "compare": Command(
+        "one markdown table over several runs",
+        "Reads RUN_DIR/results.json of each run and prints one table (a row per run x\n"
+        "evaluation tower x method). Writes nothing.",
+        "RUN_DIR [RUN_DIR ...]", cmd_compare, writes_run=False),
+    "config": Command(
+        "print the resolved config with each key's meaning",
+        "Merges the defaults, CONFIG (or RUN_DIR/config.yaml) and the overrides, validates them,\n"
+        "and prints the result as YAML with each key's comment. Writes nothing.",
+        "CONFIG.yaml or RUN_DIR", cmd_config, writes_run=False),
+    "decode": Command(
+        "print each synthetic pair's nearest real captions and the mined similar pairs",
+        "Reads a distilled set (RUN_DIR, RUN_DIR/METHOD, or PATH.safetensors), the config it was\n"
+        "made with and the training captions' embeddings (cached), and prints, per pair, the\n"
+        "caption it started from, its nearest real captions now (cosine) and how far its\n"
+        "embedding moved, then the strongest off-diagonal similarities. Writes nothing.",
+        "RUN_DIR or SET", cmd_decode, writes_run=False),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = [f"  {name:<{width}}  {c.target:<24} {c.summary}" for name, c in COMMANDS.items()]
+    return ("usage: vldistill COMMAND TARGET [key=value ...] [--force-unlock]\n\ncommands:\n"
+            + "\n".join(lines) + "\n\n`vldistill COMMAND --help` for what each reads and writes.\n")
+
+
+def _parser(name: str, command: Command) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"vldistill {name}", description=command.details,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("target", metavar="TARGET", help=command.target)
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="more run directories" if name == "compare" else _OVERRIDES)
+    if command.writes_run:
+        parser.add_argument("--force-unlock", action="store_true",
+                            help="take over a run directory whose lock cannot be proved stale "
+                                 "(another host, an unreadable lock)")
+    if name == "decode":
+        parser.add_argument("--top-k", type=int, default=3, help="nearest captions per pair")
+        parser.add_argument("--pairs", type=int, default=10, help="mined similar pairs to list")
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="vldistill", usage=USAGE)
-    parser.add_argument("command", choices=["run", "buffer", "distill", "eval", "report", "compare"])
-    parser.add_argument("target")
-    parser.add_argument("rest", nargs="*", help="key=value overrides (compare: more run dirs)")
-    parser.add_argument("--force-unlock", action="store_true",
-                        help="take over a run directory whose lock was left by a process that is gone")
-    args = parser.parse_intermixed_args(argv)
-    from . import runlock
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage(), end="")
+        return 0 if argv else 2
+    name, command = argv[0], COMMANDS.get(argv[0])
+    if command is None:
+        print(_usage() + f"\nvldistill: error: unknown command {name!r}", file=sys.stderr)
+        return 2
+    args = _parser(name, command).parse_intermixed_args(argv[1:])
+    # nothing is downloaded: Hugging Face libraries read local folders only
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from . import distributed, runlock     # (import torch; kept out of `--help`)
     from .interrupts import terminate_as_interrupt
-    from . import distributed           # (imports torch; kept out of `--help`)
     try:
-        if args.command in SINGLE_PROCESS and distributed.context().world_size > 1:
-            raise UserError(f"`vldistill {args.command}` runs as one process (distill needs one GPU); "
+        if command.single_process and distributed.context().world_size > 1:
+            raise UserError(f"`vldistill {name}` runs as one process (distill needs one GPU); "
                             "launch only `buffer` and `eval` with torchrun")
-        if args.command == "compare":
-            cmd_compare([args.target, *args.rest])
-        else:
-            with terminate_as_interrupt(), runlock.takeover_allowed(args.force_unlock):
-                {"run": cmd_run, "buffer": cmd_buffer, "distill": cmd_distill, "eval": cmd_eval,
-                 "report": cmd_report}[args.command](args.target, args.rest)
+        with terminate_as_interrupt(), runlock.takeover_allowed(getattr(args, "force_unlock", False)):
+            command.run(args)
     except UserError as err:
         print(f"vldistill: error: {err}", file=sys.stderr)
         return 2
@@ -151,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         return getattr(err, "exit_code", 130)
     finally:
         runlock.release_all()
+        distributed.shutdown()
     return 0
 
 

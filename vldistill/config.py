@@ -23,7 +23,7 @@ class ConfigError(UserError, ValueError):
 
 @dataclass
 class DataConfig:
-    name: str = "shapes"                  # shapes | karpathy | coco | folder
+    name: str = "shapes"                  # a registered dataset: shapes | karpathy | coco | folder
     image_root: Optional[str] = None      # folder the image paths in the annotations are relative to
     ann_root: Optional[str] = None        # folder holding train/val/test annotation files
     train_json: Optional[str] = None      # annotation file names (relative to ann_root, or absolute)
@@ -52,6 +52,7 @@ class DataConfig:
     shapes_seed: int = 0                  # the dataset is a pure function of this seed and sizes
 
     def __post_init__(self) -> None:
+        _registered(self, "name", "dataset")
         _positive(self, "image_size", "max_words", "shapes_train", "shapes_val", "shapes_test")
         if self.num_workers < 0:
             raise ConfigError("data.num_workers must be >= 0")
@@ -62,16 +63,18 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    image_tower: str = "convnet"          # registry name: convnet | timm:NAME | open_clip:NAME
+    image_tower: str = "convnet"          # a registered image tower: convnet | timm:NAME | open_clip:NAME
     pretrained_path: Optional[str] = None # local weights for the image tower (nothing is downloaded)
     convnet_width: int = 64
     convnet_depth: int = 3
-    text_tower: str = "minilm"            # minilm | st:DIR | hf:DIR | open_clip:NAME
+    text_tower: str = "minilm"            # a registered text tower: minilm | st:DIR | hf:DIR | open_clip:NAME@CKPT
     text_batch_size: int = 256            # captions per forward pass when filling the cache
     head_dropout: float = 0.0             # dropout inside the text projection head
     temperature: float = 0.07             # logits = cos / temperature
 
     def __post_init__(self) -> None:
+        _registered(self, "image_tower", "image tower")
+        _registered(self, "text_tower", "text tower")
         _positive(self, "convnet_width", "convnet_depth", "text_batch_size", "temperature")
         if not 0.0 <= self.head_dropout < 1.0:
             raise ConfigError("model.head_dropout must be in [0, 1)")
@@ -105,10 +108,10 @@ class DistillConfig:
     min_start_epoch: int = 0
     max_start_epoch: int = 2              # start epoch drawn from [min_start_epoch, max_start_epoch)
     mini_batch: int = 20                  # synthetic pairs per student step
-    sim_kind: str = "lowrank"             # lowrank | full | identity
+    sim_kind: str = "lowrank"             # a registered similarity: lowrank | full | identity
     rank: int = 10
     alpha: float = 3.0
-    loss: str = "infonce"                 # infonce | ence | bce | wbce | kl | mse | cwcl
+    loss: str = "infonce"                 # a registered loss: infonce | ence | bce | wbce | kl | mse | cwcl
     init: str = "real"                    # real | noise (images and texts)
     lr_teacher: float = 0.1               # initial value of the learnable student lrs
     learn_lr: bool = True
@@ -133,8 +136,8 @@ class DistillConfig:
                   "rank", "checkpoint_every", "max_bad_steps", "lr_teacher", "min_lr")
         _non_negative(self, "lr_img", "lr_txt", "lr_lr", "lr_sim", "momentum_syn",
                       "momentum_lr", "momentum_sim", "min_start_epoch")
-        _choice(self, "sim_kind", ("lowrank", "full", "identity"))
-        _choice(self, "loss", ("infonce", "ence", "bce", "wbce", "kl", "mse", "cwcl"))
+        _registered(self, "sim_kind", "similarity")
+        _registered(self, "loss", "loss")
         _choice(self, "init", ("real", "noise"))
         _choice(self, "lr_param", ("linear", "log"))
         if self.max_start_epoch <= self.min_start_epoch:
@@ -160,13 +163,17 @@ class DistillConfig:
         return self.max_start_epoch - 1 + self.expert_epochs
 
 
-EVAL_METHODS = ("lors", "baseline", "random", "herding", "kcenter", "full")
+RENAMED_METHODS = {"baseline": "lors-identity"}     # old name -> new name, refused with a hint
 
 
 def _check_methods(methods: list[str], key: str) -> None:
+    known = _registry("method")
     for m in methods:
-        if m not in EVAL_METHODS:
-            raise ConfigError(f"{key}: unknown method {m!r}; known: {', '.join(EVAL_METHODS)}")
+        if m in RENAMED_METHODS:
+            raise ConfigError(f"{key}: the method {m!r} is now called {RENAMED_METHODS[m]!r} (LoRS's "
+                              "pipeline with S = I); VL-distill's own algorithm is 'vl-distill'")
+        if m not in known:
+            raise ConfigError(f"{key}: unknown method {m!r}; known: {', '.join(known.names())}")
 
 
 @dataclass
@@ -190,15 +197,11 @@ class EvalTowerConfig:
         for name in ("lr", "full_lr", "epochs", "full_epochs", "batch_size"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ConfigError(f"eval.towers.*.{name} must be > 0 (or null to take eval.{name})")
+        if self.image_tower is not None:
+            _registered(self, "image_tower", "image tower")
         if self.augment is not None:
-            _check_augment(self.augment, "eval.towers.*.augment")
+            _registered(self, "augment", "augmentation")
         _check_methods(self.methods or [], "eval.towers.*.methods")
-
-
-def _check_augment(name: str, key: str) -> None:
-    from .augment import list_augmentations
-    if name not in list_augmentations():
-        raise ConfigError(f"{key} must be one of {', '.join(list_augmentations())}; got {name!r}")
 
 
 @dataclass
@@ -214,7 +217,7 @@ class EvalConfig:
     augment: str = "none"                 # augmentation of the set's images in training: none | flip | flip_crop
     val_every: int = 10                   # evaluate on val every k epochs (epoch selection)
     selection: str = "val"                # val | test (the reference's best-on-test; labelled so)
-    methods: list[str] = field(default_factory=lambda: ["lors", "baseline", "random", "full"])
+    methods: list[str] = field(default_factory=lambda: ["lors", "lors-identity", "random", "full"])  # registered methods
     coreset_space: str = "image"          # herding / kcenter features: image | text | joint
     coreset_expert: Optional[int] = None  # expert whose last stored snapshot embeds the data; None: the first
     towers: dict[str, EvalTowerConfig] = field(default_factory=dict)  # more towers (cross-architecture)
@@ -223,7 +226,7 @@ class EvalConfig:
         _positive(self, "num_eval", "epochs", "full_epochs", "batch_size", "val_every")
         _choice(self, "selection", ("val", "test"))
         _choice(self, "coreset_space", ("image", "text", "joint"))
-        _check_augment(self.augment, "eval.augment")
+        _registered(self, "augment", "augmentation")
         _check_methods(self.methods, "eval.methods")
         if self.lr is not None and self.lr <= 0:
             raise ConfigError("eval.lr must be > 0 (or null to use the learned lrs)")
@@ -233,8 +236,8 @@ class EvalConfig:
 
 @dataclass
 class Config:
-    run_dir: str = "runs/default"
-    seed: int = 0
+    run_dir: str = "runs/default"         # where every stage of this run reads and writes
+    seed: int = 0                         # every seed of the run (experts, distill, eval) derives from it
     device: str = "auto"                  # auto | cpu | cuda | cuda:N
     threads: int = 0                      # torch.set_num_threads; 0 leaves torch's default
     amp: str = "none"                     # none | bf16: autocast for experts and evaluation (not distill)
@@ -247,6 +250,8 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
+        if self.seed < 0:
+            raise ConfigError(f"seed must be >= 0 (every stage's seeds are derived from it), got {self.seed}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, not {self.device!r}")
         _choice(self, "amp", ("none", "bf16"))
@@ -275,6 +280,37 @@ def _choice(obj: Any, name: str, options: tuple[str, ...]) -> None:
     if getattr(obj, name) not in options:
         raise ConfigError(f"{_section(obj)}{name} must be one of {', '.join(options)}; "
                           f"got {getattr(obj, name)!r}")
+
+
+def _registry(kind: str):
+    """The registry behind a kind of name (imported here, lazily: the registries import torch)."""
+    if kind == "dataset":
+        from .data import DATASETS as registry
+    elif kind == "image tower":
+        from .models import IMAGE_TOWERS as registry
+    elif kind == "text tower":
+        from .models import TEXT_TOWERS as registry
+    elif kind == "similarity":
+        from .similarity import SIMILARITIES as registry
+    elif kind == "loss":
+        from .losses import LOSSES as registry
+    elif kind == "augmentation":
+        from .augment import AUGMENTATIONS as registry
+    elif kind == "method":
+        from .methods import METHODS as registry
+    else:
+        raise KeyError(kind)
+    return registry
+
+
+def _registered(obj: Any, name: str, kind: str) -> None:
+    """The field names a registered `kind` (for towers: its `PREFIX` in `PREFIX:ARG`)."""
+    value = getattr(obj, name)
+    registry = _registry(kind)
+    key = value.partition(":")[0] if kind in ("image tower", "text tower") else value
+    if key not in registry:
+        raise ConfigError(f"{_section(obj)}{name}: unknown {kind} {value!r}; known: "
+                          f"{', '.join(registry.names())}")
 
 
 _SECTIONS = {"DataConfig": "data.", "ModelConfig": "model.", "BufferConfig": "buffer.",
@@ -307,21 +343,36 @@ def _unknown_key_message(bad: str) -> str:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Merge defaults, a YAML file and `key=value` overrides into a validated `Config`."""
-    merged = OmegaConf.structured(Config)
+    layers = []
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} not found")
+        layers.append((f"config file {str(path)!r}", lambda: _load_yaml(path)))
+    return _merge(OmegaConf.structured(Config), layers + _dotlist_layers(overrides or []))
+
+
+def with_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """A copy of `cfg` with `key=value` overrides applied and validated again (methods use this
+    to state the settings their sets are distilled and evaluated with)."""
+    return _merge(OmegaConf.structured(cfg), _dotlist_layers(overrides))
+
+
+def _dotlist_layers(overrides: list[str]) -> list:
+    layers = []
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        layers.append((f"override {item!r}", lambda item=item: OmegaConf.from_dotlist([item])))
+    return layers
+
+
+def _merge(merged: DictConfig, layers: list) -> Config:
+    """Merge (source, make_layer) layers in order; omegaconf's errors become one-line ConfigErrors."""
     source = "the defaults"             # which layer is being merged, for errors without a key
     try:
-        layers = []
-        if path is not None:
-            path = Path(path)
-            if not path.is_file():
-                raise ConfigError(f"config file {str(path)!r} not found")
-            layers.append((f"config file {str(path)!r}", _load_yaml(path)))
-        for item in overrides or []:
-            if "=" not in item:
-                raise ConfigError(f"override {item!r} is not of the form key=value")
-            layers.append((f"override {item!r}", OmegaConf.from_dotlist([item])))
-        for source, layer in layers:
-            merged = OmegaConf.merge(merged, layer)
+        for source, make in layers:
+            merged = OmegaConf.merge(merged, make())
         return OmegaConf.to_object(merged)
     except ConfigKeyError as err:
         key = getattr(err, "full_key", None) or str(err).split("'")[1]
@@ -347,5 +398,7 @@ def to_yaml(cfg: Config) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
 
 
-def from_yaml_text(text: str) -> Config:
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(text)))
+def config_from_dict(values: dict, source: str, overrides: list[str] | None = None) -> Config:
+    """A `Config` from a plain dict (e.g. the one a set's card records), validated like a file."""
+    return _merge(OmegaConf.structured(Config),
+                  [(source, lambda: OmegaConf.create(values))] + _dotlist_layers(overrides or []))

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import UnknownNameError, UserError
-from .experts import TrajectoryStore, store_manifest
+from .trajectories import TrajectoryStore, store_manifest
 from .models.student import DualEncoder, FunctionalStudent, build_student
 from .neighbours import NeighbourIndex, knn
 from .similarity import IdentitySimilarity

@@ -26,8 +26,10 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpoint import BestSoFar, read_checkpoint, seed_global_rngs, write_checkpoint
+from .config import Config
+from .data import PreparedData
 from .errors import NonFiniteError, UserError
-from .experts import TrajectoryStore, store_manifest
+from .trajectories import TrajectoryStore, store_manifest
 from .interrupts import deferred_interrupts
 from .io import append_jsonl, remove_leftover_temps
 from .matching import sample_batches, tesla_match
@@ -42,7 +44,8 @@ log = logging.getLogger(__name__)
 __all__ = ["Distiller", "NonFiniteError", "init_synthetic", "run_distill"]
 
 
-def init_synthetic(cfg, data, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+def init_synthetic(cfg: Config, data: PreparedData,
+                   generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     """N pairs: random real images with one of their captions (`init: real`), or noise."""
     images, texts, captions = data.real_pairs(cfg.distill.n_pairs, generator)
     if cfg.distill.init == "noise":
@@ -55,9 +58,11 @@ def init_synthetic(cfg, data, generator: torch.Generator) -> tuple[torch.Tensor,
 class Distiller:
     """The state of one distillation run and one iteration of it (`step`)."""
 
-    def __init__(self, cfg, data, store: TrajectoryStore, sim_kind: str, device: torch.device):
+    def __init__(self, cfg: Config, data: PreparedData, store: TrajectoryStore, device: torch.device,
+                 method: str = "lors"):
         d = cfg.distill
-        self.cfg, self.d, self.store, self.device, self.sim_kind = cfg, d, store, device, sim_kind
+        self.cfg, self.d, self.store, self.device, self.method = cfg, d, store, device, method
+        self.sim_kind = d.sim_kind
         self.manifest = store.check(store_manifest(cfg, data, build_student(
             cfg.model, data.dataset.image_size, data.text_dim, seed=0)))
         stored = self.manifest.get("epochs", [])
@@ -72,7 +77,7 @@ class Distiller:
         self.images = images.to(device).requires_grad_(True)
         self.texts = texts.to(device).requires_grad_(True)
         seed_global_rngs(cfg.seed)
-        self.similarity = build_similarity(sim_kind, d.n_pairs, d.rank, d.alpha).to(device)
+        self.similarity = build_similarity(d.sim_kind, d.n_pairs, d.rank, d.alpha).to(device)
         init_lr = math.log(d.lr_teacher) if d.lr_param == "log" else d.lr_teacher
         self.lr_raw = torch.full((2,), init_lr, device=device, requires_grad=d.learn_lr)
         groups = [{"params": [self.images], "lr": d.lr_img, "momentum": d.momentum_syn},
@@ -135,7 +140,7 @@ class Distiller:
             self.bad_in_a_row += 1
         self.iteration += 1
         lr_img, lr_txt = self.lrs()
-        record = {"stage": "distill", "kind": self.sim_kind, "it": self.iteration,
+        record = {"stage": "distill", "method": self.method, "kind": self.sim_kind, "it": self.iteration,
                   "loss": result.loss, "loss_img": result.loss_img, "loss_txt": result.loss_txt,
                   "lr_img": lr_img, "lr_txt": lr_txt, "grad_lr_img": result.grad_lr_img,
                   "grad_lr_txt": result.grad_lr_txt, "expert": expert, "start_epoch": start_epoch,
@@ -249,33 +254,34 @@ class Distiller:
         self.best.load(state)
 
 
-def run_distill(cfg, data, store: TrajectoryStore, set_path: Path, checkpoint_path: Path,
-                metrics_path: Path, sim_kind: str, device: torch.device) -> DistilledSet:
+def run_distill(cfg: Config, data: PreparedData, store: TrajectoryStore, set_path: Path,
+                checkpoint_path: Path, metrics_path: Path, device: torch.device,
+                method: str = "lors") -> DistilledSet:
     """Distill (resuming from `checkpoint_path` when it exists and distill.resume is set).
 
     Also writes the best-so-far set (`vldistill.checkpoint.BestSoFar`) next to the final one,
     as SET_best.{safetensors,json}. Call it only while holding the run lock (`vldistill.runlock`).
     """
-    check_distill_fits(cfg, data.dataset.image_size, data.text_dim, sim_kind, device)   # logs; refuses
-    distiller = Distiller(cfg, data, store, sim_kind, device)
+    check_distill_fits(cfg, data.dataset.image_size, data.text_dim, device)   # logs; refuses
+    distiller = Distiller(cfg, data, store, device, method)
     remove_leftover_temps(checkpoint_path)
     remove_leftover_temps(checkpoint_path.with_suffix(".json"))
     if checkpoint_path.is_file() and cfg.distill.resume:
         state, _ = read_checkpoint(checkpoint_path, distiller.setup())
         distiller.load_state(state)
-        append_jsonl(metrics_path, {"stage": "resume", "kind": sim_kind, "it": distiller.iteration})
+        append_jsonl(metrics_path, {"stage": "resume", "method": method, "it": distiller.iteration})
         log.info("resumed %s distillation at iteration %d (records after it in metrics.jsonl "
-                 "are from the interrupted run and are redone)", sim_kind, distiller.iteration)
+                 "are from the interrupted run and are redone)", method, distiller.iteration)
     elif checkpoint_path.is_file():
         log.warning("distill.resume=false: %s starts over; the checkpoint in %s will be overwritten",
-                    sim_kind, checkpoint_path)
+                    method, checkpoint_path)
     card = {"dataset": data.dataset.name, "dataset_fingerprint": data.dataset.fingerprint,
             "image_tower": cfg.model.image_tower, "text_tower": cfg.model.text_tower,
             "image_size": data.dataset.image_size, "mean": list(data.dataset.mean),
             "std": list(data.dataset.std), "loss": cfg.distill.loss,
             "init_captions": distiller.init_captions}
     total = cfg.distill.iterations
-    with tqdm(total=total, initial=distiller.iteration, desc=f"distill {sim_kind}", unit="it") as bar, \
+    with tqdm(total=total, initial=distiller.iteration, desc=f"distill {method}", unit="it") as bar, \
             deferred_interrupts() as interrupt:
         while distiller.iteration < total:
             try:

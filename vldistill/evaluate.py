@@ -1,15 +1,11 @@
-"""The evaluate stage: train fresh students on a set and measure retrieval on the test split.
+"""Training fresh students on a set (or on all the data) and scoring them: one seed of an
+evaluation. Which sets are evaluated, and how seeds are summarized, is `vldistill.methods`.
 
 For a distilled set this is the paper's Algorithm 2: a fresh student trains on (X, Y, S) with
 the set's lrs (or `eval.lr`), SGD momentum 0.9, weight decay 5e-4, lr x0.1 at half the epochs.
 Beyond the reference, the reported epoch is chosen on the validation split (every
-`eval.val_every` epochs), the final epoch is reported too, and every number is a mean and std
-over `eval.num_eval` seeds. `eval.selection: test` reproduces the reference's best-on-test
-choice and is labelled so in every output.
-
-Methods (a registry, `register_method`): `lors` and `baseline` (distilled sets), `random`
-(random real pairs of the same count), `herding` and `kcenter` (coresets on a trained
-expert's embeddings, `vldistill.coresets`), `full` (all training pairs, the upper bound).
+`eval.val_every` epochs), and the final epoch is reported too. `eval.selection: test`
+reproduces LoRS's best-on-test choice and is labelled so in every output.
 
 Towers: every method is evaluated on the tower the set was distilled with (`model.*`, with
 the `eval.*` recipe) and on each of `eval.towers` with its own recipe (cross-architecture).
@@ -18,20 +14,17 @@ from __future__ import annotations
 
 import copy
 import logging
-import statistics
-from dataclasses import dataclass, field, replace
-from functools import partial
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 import torch
 
-from . import distributed
 from .accel import prepare_student
 from .augment import augment
+from .config import Config
+from .data import PreparedData
 from .errors import MissingFileError, UserError
 from .models.student import DualEncoder, build_student
-from .retrieval import METRICS
 from .synset import DistilledSet
 from .similarity import IdentitySimilarity
 from .training import contrastive_step, retrieval_metrics, sgd_for_student, train_epoch_on_pairs
@@ -71,12 +64,12 @@ class EvalTower:
                 "epochs": self.epochs, "full_epochs": self.full_epochs,
                 "batch_size": self.batch_size, "augment": self.augment}
 
-    def build(self, cfg, data, seed: int) -> DualEncoder:
+    def build(self, cfg: Config, data: PreparedData, seed: int) -> DualEncoder:
         model_cfg = replace(cfg.model, image_tower=self.image_tower, pretrained_path=self.pretrained_path)
         return build_student(model_cfg, data.dataset.image_size, data.text_dim, seed=seed)
 
 
-def eval_towers(cfg) -> list[EvalTower]:
+def eval_towers(cfg: Config) -> list[EvalTower]:
     """The distilled-on tower (model.* with eval.*), then each of eval.towers (unset: eval.*)."""
     e = cfg.eval
     full_lr = e.full_lr if e.full_lr is not None else cfg.buffer.lr_teacher
@@ -104,7 +97,7 @@ def eval_towers(cfg) -> list[EvalTower]:
 class _EpochSelector:
     """Keeps the student state of the best epoch on the selection split."""
 
-    def __init__(self, model: DualEncoder, data, selection: str, device: torch.device):
+    def __init__(self, model: DualEncoder, data: PreparedData, selection: str, device: torch.device):
         self.model, self.data, self.device = model, data, device
         self.split = "val" if selection == "val" else "test"
         self.best_score, self.best_epoch, self.best_state = float("-inf"), 0, None
@@ -127,7 +120,7 @@ class _EpochSelector:
         return SeedResult(selected, final, self.best_epoch, self.best_score)
 
 
-def train_on_set(cfg, data, synthetic: DistilledSet, seed: int, device: torch.device,
+def train_on_set(cfg: Config, data: PreparedData, synthetic: DistilledSet, seed: int, device: torch.device,
                  tower: EvalTower | None = None, loss_kind: str | None = None) -> SeedResult:
     """Algorithm 2: a fresh student trained on a (distilled or coreset) set; val-selected result.
 
@@ -158,7 +151,7 @@ def train_on_set(cfg, data, synthetic: DistilledSet, seed: int, device: torch.de
     return selector.result()
 
 
-def train_on_full(cfg, data, seed: int, device: torch.device,
+def train_on_full(cfg: Config, data: PreparedData, seed: int, device: torch.device,
                   tower: EvalTower | None = None) -> SeedResult:
     """The upper bound: a student trained on every real pair with the expert recipe."""
     tower = tower or eval_towers(cfg)[0]
@@ -174,7 +167,7 @@ def train_on_full(cfg, data, seed: int, device: torch.device,
     return selector.result()
 
 
-def random_pairs(cfg, data, seed: int, n: int | None = None) -> DistilledSet:
+def random_pairs(cfg: Config, data: PreparedData, seed: int, n: int | None = None) -> DistilledSet:
     """n (default distill.n_pairs) random real pairs, one caption per image, identity
     similarity, the expert's lr."""
     images, texts, captions = data.real_pairs(n or cfg.distill.n_pairs, torch.Generator().manual_seed(seed))
@@ -183,145 +176,4 @@ def random_pairs(cfg, data, seed: int, n: int | None = None) -> DistilledSet:
                         {"method": "random", "loss": "infonce", "captions": captions})
 
 
-# ------------------------------------------------------------------ methods, by name
-@dataclass
-class EvalContext:
-    """What methods draw on: the data, the distilled sets, the trajectory store (coresets)."""
-
-    cfg: object
-    data: object
-    device: torch.device
-    sets: dict[str, DistilledSet]
-    store: object = None                    # vldistill.experts.TrajectoryStore
-    cache: dict = field(default_factory=dict)   # per-evaluation work shared by seeds and towers
-
-    @property
-    def n_pairs(self) -> int:
-        """The pair count every method is held to: the sets' own, else distill.n_pairs."""
-        counts = {s.n_pairs for s in self.sets.values()}
-        if len(counts) > 1:
-            raise UserError(f"the sets to compare have different pair counts {sorted(counts)}")
-        return counts.pop() if counts else self.cfg.distill.n_pairs
-
-
-MethodFn = Callable[[EvalContext, EvalTower, int], SeedResult]     # (context, tower, seed)
-_METHODS: dict[str, MethodFn] = {}
-DISTILLED = ("lors", "baseline")            # methods whose set comes from distillation
-
-
-def register_method(name: str):
-    """Decorator: `fn(ctx, tower, seed) -> SeedResult` becomes `eval.methods: [NAME]`."""
-    def wrap(fn: MethodFn) -> MethodFn:
-        _METHODS[name] = fn
-        return fn
-    return wrap
-
-
-def list_methods() -> list[str]:
-    return sorted(_METHODS)
-
-
-def _distilled(name: str) -> MethodFn:
-    def run(ctx: EvalContext, tower: EvalTower, seed: int) -> SeedResult:
-        return train_on_set(ctx.cfg, ctx.data, ctx.sets[name], seed, ctx.device, tower)
-    return run
-
-
-for _name in DISTILLED:
-    register_method(_name)(_distilled(_name))
-
-
-@register_method("random")
-def _random(ctx: EvalContext, tower: EvalTower, seed: int) -> SeedResult:
-    return train_on_set(ctx.cfg, ctx.data, random_pairs(ctx.cfg, ctx.data, seed, ctx.n_pairs),
-                        seed, ctx.device, tower)
-
-
-@register_method("full")
-def _full(ctx: EvalContext, tower: EvalTower, seed: int) -> SeedResult:
-    return train_on_full(ctx.cfg, ctx.data, seed, ctx.device, tower)
-
-
-def coreset_for(ctx: EvalContext, method: str, seed: int) -> DistilledSet:
-    """The herding / kcenter set of this evaluation (expert embeddings computed once)."""
-    from .coresets import expert_embeddings, select_coreset
-    if ctx.store is None:
-        raise UserError(f"{method} needs a trajectory store (the expert embeds the data): "
-                        "run the buffer stage or set buffer.dir")
-    if "expert_embeddings" not in ctx.cache:
-        ctx.cache["expert_embeddings"] = expert_embeddings(ctx.cfg, ctx.data, ctx.store, ctx.device,
-                                                           ctx.cfg.eval.coreset_expert)
-    return select_coreset(method, ctx.cache["expert_embeddings"], ctx.data, ctx.n_pairs,
-                          ctx.cfg.eval.coreset_space, ctx.cfg.buffer.lr_teacher,
-                          torch.Generator().manual_seed(seed))
-
-
-def _coreset(method: str) -> MethodFn:
-    def run(ctx: EvalContext, tower: EvalTower, seed: int) -> SeedResult:
-        return train_on_set(ctx.cfg, ctx.data, coreset_for(ctx, method, seed), seed, ctx.device, tower)
-    return run
-
-
-for _name in ("herding", "kcenter"):
-    register_method(_name)(_coreset(_name))
-
-
-# ------------------------------------------------------------------ seeds, summaries, towers
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample std (n - 1); std 0 for one seed."""
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
-def summarize(results: list[SeedResult], selection: str, seeds: list[int] | None = None) -> dict:
-    """Mean and std over seeds of the selected epoch's test metrics, the final epoch's beside
-    them, the per-seed numbers, and the selection rule's label."""
-    out: dict = {}
-    final: dict = {}
-    for key in METRICS:
-        out[key], out[f"{key}_std"] = _mean_std([r.selected[key] for r in results])
-        final[key], final[f"{key}_std"] = _mean_std([r.final[key] for r in results])
-    out["final"] = final
-    out["n_seeds"] = len(results)
-    out["selected_epochs"] = [r.epoch for r in results]
-    out["selection"] = SELECTION_LABELS[selection]
-    out["per_seed"] = [{"seed": s, "epoch": r.epoch, "selection_r_mean": r.selection_score,
-                        "r_mean": r.selected["r_mean"], "final_r_mean": r.final["r_mean"]}
-                       for s, r in zip(seeds or [None] * len(results), results)]
-    return out
-
-
-def evaluate_methods(ctx: EvalContext, tower: EvalTower | None = None,
-                     methods: list[str] | None = None) -> dict:
-    """Every requested method x `eval.num_eval` seeds on one tower; returns {method: summary}."""
-    cfg = ctx.cfg
-    tower = tower or eval_towers(cfg)[0]
-    summaries = {}
-    for name in methods or tower.methods:
-        if name not in _METHODS:
-            raise UserError(f"unknown evaluation method {name!r}; known: {', '.join(list_methods())}")
-        if name in DISTILLED and name not in ctx.sets:
-            raise UserError(f"eval.methods asks for {name!r} but there is no {name} set to evaluate")
-        seeds = [cfg.seed * 1000 + 17 + s for s in range(cfg.eval.num_eval)]
-        run_seed = partial(_METHODS[name], ctx, tower)
-        results = distributed.sharded_map(run_seed, seeds,          # torchrun: seeds shared out
-                                          progress=f"eval {name} on {tower.label}")
-        summaries[name] = summarize(results, cfg.eval.selection, seeds)
-        log.info("%s on %s: r_mean %.2f +- %.2f (final epoch %.2f)", name, tower.label,
-                 summaries[name]["r_mean"], summaries[name]["r_mean_std"],
-                 summaries[name]["final"]["r_mean"])
-    return summaries
-
-
-def evaluate_all(ctx: EvalContext) -> dict:
-    """results.json's body: `methods` on the distilled-on tower, `towers` for the others."""
-    towers = eval_towers(ctx.cfg)
-    out = {"methods": evaluate_methods(ctx, towers[0]), "towers": {}}
-    for tower in towers[1:]:
-        out["towers"][tower.label] = {"settings": tower.settings(),
-                                      "methods": evaluate_methods(ctx, tower)}
-    return out
-
-
-__all__ = ["DISTILLED", "EvalContext", "EvalTower", "SeedResult", "evaluate_all",
-           "evaluate_methods", "eval_towers", "list_methods", "random_pairs", "register_method",
-           "summarize", "train_on_full", "train_on_set"]
+__all__ = ["EvalTower", "SeedResult", "eval_towers", "random_pairs", "train_on_full", "train_on_set"]

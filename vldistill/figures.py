@@ -109,31 +109,37 @@ def read_metrics(path: str | Path) -> list[dict]:
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     latest: dict = {}
     for i, r in enumerate(records):
-        key = (r.get("stage"), r.get("kind"), r.get("it")) if "it" in r else ("once", i)
+        key = (r.get("stage"), _series(r), r.get("it")) if "it" in r else ("once", i)
         latest[key] = r
     return list(latest.values())
 
 
+def _series(record: dict) -> str:
+    """The set a record belongs to: its method (older runs recorded the similarity kind)."""
+    return record.get("method", record.get("kind", "?"))
+
+
 def save_training_curves(records: list[dict], path: str | Path) -> Path | None:
-    """Matching loss, learned lrs and eval r_mean against distillation iterations, per set
-    kind; the final evaluation's r_mean of each method as a dashed line. None: no records."""
+    """Matching loss, learned lrs and eval r_mean against distillation iterations, per
+    distilled method; the final evaluation's r_mean of each method as a dashed line. None: no
+    records."""
     distill = [r for r in records if r.get("stage") == "distill"]
     if not distill:
         return None
     plt = _pyplot()
     fig, (loss_ax, lr_ax, eval_ax) = plt.subplots(1, 3, figsize=(14, 3.6))
-    for kind in sorted({r.get("kind", "?") for r in distill}):
-        mine = sorted((r for r in distill if r.get("kind", "?") == kind), key=lambda r: r["it"])
+    for method in sorted({_series(r) for r in distill}):
+        mine = sorted((r for r in distill if _series(r) == method), key=lambda r: r["it"])
         its = [r["it"] for r in mine]
         loss = [r["loss"] for r in mine]
         loss_ax.plot(its, loss, lw=0.6, alpha=0.4)
-        loss_ax.plot(its, _moving_average(loss, 10), lw=1.4, label=kind,
+        loss_ax.plot(its, _moving_average(loss, 10), lw=1.4, label=method,
                      color=loss_ax.lines[-1].get_color())
-        lr_ax.plot(its, [r["lr_img"] for r in mine], label=f"{kind} lr_img")
-        lr_ax.plot(its, [r["lr_txt"] for r in mine], "--", label=f"{kind} lr_txt")
-        scored = [r for r in records if r.get("kind") == kind and "it" in r and "r_mean" in r]
+        lr_ax.plot(its, [r["lr_img"] for r in mine], label=f"{method} lr_img")
+        lr_ax.plot(its, [r["lr_txt"] for r in mine], "--", label=f"{method} lr_txt")
+        scored = [r for r in records if _series(r) == method and "it" in r and "r_mean" in r]
         if scored:
-            eval_ax.plot([r["it"] for r in scored], [r["r_mean"] for r in scored], "o-", label=kind)
+            eval_ax.plot([r["it"] for r in scored], [r["r_mean"] for r in scored], "o-", label=method)
     final = [r for r in records if r.get("stage") == "eval"]
     if final:
         methods = [(m, v) for m, v in final[-1].items() if m != "stage" and isinstance(v, (int, float))]

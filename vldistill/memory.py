@@ -18,11 +18,15 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from .errors import UserError
+
+if TYPE_CHECKING:
+    from .config import Config
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +122,7 @@ def check_distill_memory(estimate: MemoryEstimate, device: torch.device) -> None
                         "or run on a device with more memory")
 
 
-def check_distill_fits(cfg, image_size: int, text_dim: int, sim_kind: str,
+def check_distill_fits(cfg: "Config", image_size: int, text_dim: int,
                        device: torch.device) -> MemoryEstimate | None:
     """Estimate a distillation of this config (student and similarity built on the meta
     device: no memory) and refuse it when it cannot fit; None when no estimate can be made."""
@@ -128,7 +132,7 @@ def check_distill_fits(cfg, image_size: int, text_dim: int, sim_kind: str,
     try:
         with torch.device("meta"):
             model = build_student(dataclasses.replace(cfg.model, pretrained_path=None), image_size, text_dim)
-            sim_params = sum(p.numel() for p in build_similarity(sim_kind, d.n_pairs, d.rank, d.alpha).parameters())
+            sim_params = sum(p.numel() for p in build_similarity(d.sim_kind, d.n_pairs, d.rank, d.alpha).parameters())
         estimate = estimate_distill_memory(model, d.n_pairs, d.mini_batch, image_size, text_dim,
                                            sim_params, ema=d.ema_decay > 0)
     except Exception as err:       # a tower that cannot be built on meta: run without the check

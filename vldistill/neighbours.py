@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import UnknownNameError
+from .registry import Registry
 
 METRICS = ("cosine", "l2")
 
@@ -37,19 +38,7 @@ class Neighbours:
 # the backend normalizes the bank without keeping a second full copy of it.
 Searcher = Callable[[torch.Tensor, int, torch.Tensor | None], tuple[torch.Tensor, torch.Tensor]]
 Backend = Callable[[torch.Tensor, str], Searcher]
-_BACKENDS: dict[str, Backend] = {}
-
-
-def register_backend(name: str):
-    """Decorator: a searcher builder becomes `NeighbourIndex(..., backend=NAME)`."""
-    def wrap(fn: Backend) -> Backend:
-        _BACKENDS[name] = fn
-        return fn
-    return wrap
-
-
-def list_backends() -> list[str]:
-    return sorted(_BACKENDS)
+BACKENDS: Registry[Backend] = Registry("search backend")     # NeighbourIndex(..., backend=NAME)
 
 
 class NeighbourIndex:
@@ -65,12 +54,11 @@ class NeighbourIndex:
     def __init__(self, bank: torch.Tensor, metric: str = "cosine", backend: str = "faiss"):
         if metric not in METRICS:
             raise UnknownNameError(f"unknown metric {metric!r}; known: {', '.join(METRICS)}")
-        if backend not in _BACKENDS:
-            raise UnknownNameError(f"unknown search backend {backend!r}; known: {', '.join(list_backends())}")
+        build = BACKENDS.get(backend)
         if bank.ndim != 2:
             raise ValueError(f"bank {tuple(bank.shape)} must be (n, d)")
         self.metric, self.n, self.dim = metric, len(bank), bank.shape[1]
-        self._search = _BACKENDS[backend](bank.detach().float(), "cos" if metric == "cosine" else "l2")
+        self._search = build(bank.detach().float(), "cos" if metric == "cosine" else "l2")
 
     def search(self, queries: torch.Tensor, k: int,
                exclude: Sequence[int] | torch.Tensor | None = None) -> Neighbours:
@@ -95,7 +83,7 @@ def knn(queries: torch.Tensor, bank: torch.Tensor, k: int, metric: str = "cosine
     return NeighbourIndex(bank, metric, backend).search(queries, k, exclude)
 
 
-@register_backend("faiss")
+@BACKENDS.register("faiss")
 def _faiss_index(bank: torch.Tensor, kind: str) -> Searcher:
     import faiss
     index = faiss.IndexFlatIP(bank.shape[1]) if kind == "cos" else faiss.IndexFlatL2(bank.shape[1])
@@ -133,7 +121,7 @@ def _omp_threads(faiss, n: int) -> Iterator[None]:
         faiss.omp_set_num_threads(previous)
 
 
-@register_backend("torch")
+@BACKENDS.register("torch")
 def _torch_index(bank: torch.Tensor, kind: str, max_entries: int = 2 ** 25) -> Searcher:
     """Scores blocks of queries against the whole bank; a block holds <= max_entries scores."""
     bank_sq = (bank * bank).sum(1)
@@ -158,4 +146,4 @@ def _torch_index(bank: torch.Tensor, kind: str, max_entries: int = 2 ** 25) -> S
     return search
 
 
-__all__ = ["METRICS", "NeighbourIndex", "Neighbours", "knn", "list_backends", "register_backend"]
+__all__ = ["BACKENDS", "METRICS", "NeighbourIndex", "Neighbours", "knn"]

@@ -1,6 +1,6 @@
 """Results tables, and looking inside a distilled set.
 
-Tables (markdown for the terminal, the same rows as HTML in report.html):
+Tables (markdown for the terminal; report.html shows the same rows):
 - `results_table(results)`: one run's methods x IR@1/5/10, TR@1/5/10, r_mean, each mean ± std
   over seeds at the selected epoch, the final epoch's r_mean beside, then the cross-tower
   transfer table when the run evaluated on more towers.
@@ -16,7 +16,6 @@ embedding moved, the strongest off-diagonal similarities: the mined false negati
 """
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -25,7 +24,6 @@ import torch.nn.functional as F
 
 from .neighbours import knn
 
-METHOD_ORDER = ("lors", "baseline", "random", "herding", "kcenter", "full")
 COLUMNS = (("IR@1", "img_r1"), ("IR@5", "img_r5"), ("IR@10", "img_r10"),
            ("TR@1", "txt_r1"), ("TR@5", "txt_r5"), ("TR@10", "txt_r10"))
 TEST_MARK = "†"
@@ -39,8 +37,10 @@ Table = tuple[list[str], list[list[str]]]       # header, rows of cells
 
 
 def _ordered(methods: dict) -> list[str]:
-    known = [m for m in METHOD_ORDER if m in methods]
-    return known + sorted(m for m in methods if m not in METHOD_ORDER)
+    """Registered methods in registration order, then any others (an older run's) by name."""
+    from .methods import METHODS
+    known = [m for m in METHODS.names() if m in methods]
+    return known + sorted(m for m in methods if m not in known)
 
 
 def _on_test(summary: dict) -> bool:
@@ -118,13 +118,6 @@ def markdown(table: Table) -> str:
     header, rows = table
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
-
-
-def html_table(table: Table) -> str:
-    header, rows = table
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def selected_on_test(results: dict) -> bool:
@@ -228,6 +221,24 @@ def inspect_set(synthetic, text_bank: torch.Tensor, captions: Sequence[str], k: 
     return SetInspection(before, after, moved, pairs)
 
 
+def decoded_text(synthetic, text_bank: torch.Tensor, captions: Sequence[str], k: int = 3,
+                 n_pairs: int = 10) -> str:
+    """The set decoded for a terminal: per pair, the caption it started from, its k nearest
+    real captions now (cosine) and the cosine to its starting embedding; then the strongest
+    off-diagonal similarities (the mined pairs) with both captions."""
+    inspection = inspect_set(synthetic, text_bank, captions, k, n_pairs)
+    lines = [f"{synthetic.n_pairs} pairs, similarity {synthetic.similarity.kind}, "
+             f"learned lrs image {synthetic.lr_img:.4g} text {synthetic.lr_txt:.4g}", ""]
+    for i, top in enumerate(inspection.after):
+        lines.append(f"#{i}  moved {inspection.moved[i]:.3f}  before: {inspection.before[i] or '?'}")
+        lines += [f"      {cosine:.3f}  {caption}" for caption, cosine in top]
+    if inspection.pairs:
+        lines += ["", "strongest off-diagonal similarities (mined pairs): S[i,j], caption i | caption j"]
+        lines += [f"S[{i},{j}] = {v:.3f}  {inspection.after[i][0][0]} | {inspection.after[j][0][0]}"
+                  for i, j, v in inspection.pairs]
+    return "\n".join(lines) + "\n"
+
+
 def card_captions(inspection: SetInspection) -> dict:
     """The decoded captions as the set card stores them."""
     return {"before": inspection.before,
@@ -237,5 +248,6 @@ def card_captions(inspection: SetInspection) -> dict:
 
 
 __all__ = ["SetInspection", "card_captions", "compare_rows", "compare_table", "decode_captions",
-           "false_negatives", "html_table", "inspect_set", "markdown", "method_rows",
+           "decoded_text",
+           "false_negatives", "inspect_set", "markdown", "method_rows",
            "results_table", "results_title", "selected_on_test", "transfer_rows"]

@@ -9,6 +9,8 @@
 `build_similarity(kind, n, rank, alpha)` returns a module with `.params(indices)` (the
 tensors a batch touches) and `.matrix(indices)` (the (b, b) block; the whole matrix when
 indices is None). Gradients of `matrix(I)` reach only the rows of I.
+
+Add a kind with `@SIMILARITIES.register("name")` on `fn(n, rank, alpha) -> Similarity`.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .errors import UnknownNameError
+from .registry import Registry
 
 
 class Similarity(nn.Module):
@@ -97,22 +99,15 @@ class IdentitySimilarity(Similarity):
         return torch.eye(b)
 
 
-_BUILDERS: dict[str, Callable[[int, int, float], Similarity]] = {
-    "lowrank": lambda n, rank, alpha: LowRankSimilarity(n, rank, alpha),
-    "full": lambda n, rank, alpha: FullSimilarity(n),
-    "identity": lambda n, rank, alpha: IdentitySimilarity(n),
-}
-
-
-def list_similarities() -> list[str]:
-    return sorted(_BUILDERS)
+SIMILARITIES: Registry[Callable[[int, int, float], Similarity]] = Registry("similarity")
+SIMILARITIES.add("lowrank", lambda n, rank, alpha: LowRankSimilarity(n, rank, alpha))
+SIMILARITIES.add("full", lambda n, rank, alpha: FullSimilarity(n))
+SIMILARITIES.add("identity", lambda n, rank, alpha: IdentitySimilarity(n))
 
 
 def build_similarity(kind: str, n: int, rank: int = 10, alpha: float = 1.0) -> Similarity:
     """A similarity over n synthetic pairs: `lowrank` (rank, alpha), `full` or `identity`."""
-    if kind not in _BUILDERS:
-        raise UnknownNameError(f"unknown similarity {kind!r}; known: {', '.join(list_similarities())}")
-    return _BUILDERS[kind](n, rank, alpha)
+    return SIMILARITIES.get(kind)(n, rank, alpha)
 
 
 def similarity_from_state(kind: str, n: int, state: dict[str, torch.Tensor], rank: int = 10,

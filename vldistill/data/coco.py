@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from . import register_dataset
+from .registry import DATASETS
 from .records import SPLITS, ImageCaptions, annotation_path, build_caption_dataset, image_root
 from .splits import CaptionDataset
 
@@ -72,7 +72,7 @@ def coco_groups(coco, ids: list[int] | None, folder: str, source: str) -> list[I
             for i in ids]
 
 
-@register_dataset("coco")
+@DATASETS.register("coco")
 def build_coco(data_cfg, cache_dir: Path) -> CaptionDataset:
     """Three splits of COCO caption files, each restricted to its image ids."""
     root = image_root(data_cfg)

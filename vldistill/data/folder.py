@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from . import register_dataset
+from .registry import DATASETS
 from .karpathy import read_karpathy_json
 from .records import ImageCaptions, annotation_path, build_caption_dataset, group_by_image, image_root
 from .splits import CaptionDataset
@@ -77,7 +77,7 @@ def hold_out(groups: list[ImageCaptions], val_fraction: float, test_fraction: fl
     return {split: [groups[i] for i in sorted(idx)] for split, idx in parts.items()}
 
 
-@register_dataset("folder")
+@DATASETS.register("folder")
 def build_folder(data_cfg, cache_dir: Path) -> CaptionDataset:
     """A user's captioned images: one caption file (held-out val/test) or one per split."""
     root = image_root(data_cfg)

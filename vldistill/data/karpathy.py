@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from ..errors import UserError
-from . import register_dataset
+from .registry import DATASETS
 from .records import SPLITS, ImageCaptions, annotation_path, build_caption_dataset, group_by_image, image_root
 from .splits import CaptionDataset
 
@@ -32,7 +32,7 @@ def read_karpathy_json(path: Path) -> list[ImageCaptions]:
     return group_by_image(pairs, str(path))
 
 
-@register_dataset("karpathy")
+@DATASETS.register("karpathy")
 def build_karpathy(data_cfg, cache_dir: Path) -> CaptionDataset:
     """The three Karpathy files of data.ann_root over the images of data.image_root."""
     root = image_root(data_cfg)

@@ -9,11 +9,23 @@ mining is meant to find.
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from ..io import read_tensors, write_tensors
+from .registry import DATASETS
 from .splits import CaptionDataset, CaptionSplit, TensorImages, normalize_caption
+
+if TYPE_CHECKING:
+    from ..config import DataConfig
+
+log = logging.getLogger(__name__)
 
 SHAPES = ("circle", "square", "triangle", "star", "cross", "ring")
 COLOURS = {
@@ -146,3 +158,39 @@ def build_shapes(n_train: int, n_val: int, n_test: int, image_size: int = 32, se
               for name, (pix, caps, owner) in parts.items()}
     return CaptionDataset("shapes", splits["train"], splits["val"], splits["test"], mean, std,
                           image_size)
+
+
+SHAPES_FORMAT = 1       # bump when the generator changes, so stale caches are not read
+
+
+@DATASETS.register("shapes")
+def cached_shapes(data_cfg: "DataConfig", cache_dir: Path) -> CaptionDataset:
+    """The embedded dataset; generated once per (sizes, seed), then read from the cache."""
+    spec = {"format": SHAPES_FORMAT, "train": data_cfg.shapes_train, "val": data_cfg.shapes_val,
+            "test": data_cfg.shapes_test, "size": data_cfg.image_size, "seed": data_cfg.shapes_seed,
+            "max_words": data_cfg.max_words}
+    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+    path = cache_dir / "shapes" / f"{key}.safetensors"
+    if path.is_file():
+        tensors = read_tensors(path)
+        meta = json.loads(bytes(tensors.pop("meta").tolist()).decode())
+        mean, std = tuple(meta["mean"]), tuple(meta["std"])
+        splits = {name: CaptionSplit(TensorImages(tensors[f"{name}.pixels"], mean, std),
+                                     meta["captions"][name], tensors[f"{name}.caption_image"],
+                                     [f"{name}/{i:05d}" for i in range(len(tensors[f"{name}.pixels"]))])
+                  for name in ("train", "val", "test")}
+        return CaptionDataset("shapes", splits["train"], splits["val"], splits["test"], mean, std,
+                              data_cfg.image_size)
+    log.info("generating the shapes dataset (%d/%d/%d images)", data_cfg.shapes_train,
+             data_cfg.shapes_val, data_cfg.shapes_test)
+    dataset = build_shapes(data_cfg.shapes_train, data_cfg.shapes_val, data_cfg.shapes_test,
+                           data_cfg.image_size, data_cfg.shapes_seed, data_cfg.max_words)
+    splits = {"train": dataset.train, "val": dataset.val, "test": dataset.test}
+    meta = {"mean": dataset.mean, "std": dataset.std,
+            "captions": {name: split.captions for name, split in splits.items()}}
+    tensors = {f"{name}.{field}": value for name, split in splits.items()
+               for field, value in (("pixels", split.images.pixels),
+                                    ("caption_image", split.caption_image))}
+    tensors["meta"] = torch.tensor(list(json.dumps(meta).encode()), dtype=torch.uint8)
+    write_tensors(path, tensors)
+    return dataset

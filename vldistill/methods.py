@@ -1,0 +1,220 @@
+"""Evaluation methods by name: what a student trains on, and, for distilled sets, the settings
+the set is made with. Every registered name is an `eval.methods` entry at once.
+
+Two kinds, each one registered function:
+
+- a *baseline* registers one seed of its evaluation, `fn(ctx, tower, seed) -> SeedResult`
+  (`@register_method`): `random` real pairs, the `herding` and `kcenter` coresets, `full`;
+- a *distilled* method registers the settings its set is distilled and evaluated with,
+  `fn(cfg) -> Config` (`@register_distilled`): `lors` (the config as given), `lors-identity`
+  (LoRS's pipeline with S = I). The distill stage makes one set per distilled method under
+  its settings; its evaluation trains students on that set (Algorithm 2, `train_on_set`).
+
+Every method trains `eval.num_eval` students (one per seed) on each evaluation tower, and
+`summarize` turns them into the mean ± std that results.json holds.
+"""
+from __future__ import annotations
+
+import logging
+import statistics
+from dataclasses import dataclass, field, replace
+from functools import partial
+from typing import Callable
+
+import torch
+
+from . import distributed
+from .config import Config, with_overrides
+from .data import PreparedData
+from .errors import UserError
+from .evaluate import (SELECTION_LABELS, EvalTower, SeedResult, eval_towers, random_pairs,
+                       train_on_full, train_on_set)
+from .registry import Registry
+from .retrieval import METRICS
+from .synset import DistilledSet
+from .trajectories import TrajectoryStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalContext:
+    """What methods draw on: the data, the distilled sets, the trajectory store (coresets)."""
+
+    cfg: Config
+    data: PreparedData
+    device: torch.device
+    sets: dict[str, DistilledSet]
+    store: TrajectoryStore | None = None
+    cache: dict = field(default_factory=dict)   # per-evaluation work shared by seeds and towers
+
+    @property
+    def n_pairs(self) -> int:
+        """The pair count every method is held to: the sets' own, else distill.n_pairs."""
+        counts = {s.n_pairs for s in self.sets.values()}
+        if len(counts) > 1:
+            raise UserError(f"the sets to compare have different pair counts {sorted(counts)}")
+        return counts.pop() if counts else self.cfg.distill.n_pairs
+
+
+SeedFn = Callable[[EvalContext, EvalTower, int], SeedResult]      # (context, tower, seed)
+ConfigFn = Callable[[Config], Config]                            # run config -> the method's
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered evaluation method."""
+
+    name: str
+    evaluate_seed: SeedFn
+    configure: ConfigFn | None = None     # distilled methods: the settings of their set
+
+    @property
+    def distilled(self) -> bool:
+        return self.configure is not None
+
+
+METHODS: Registry[Method] = Registry("method")
+
+
+def register_method(name: str) -> Callable[[SeedFn], SeedFn]:
+    """Decorator: `fn(ctx, tower, seed) -> SeedResult` becomes the baseline `eval.methods: [NAME]`."""
+    def wrap(fn: SeedFn) -> SeedFn:
+        METHODS.add(name, Method(name, fn))
+        return fn
+    return wrap
+
+
+def register_distilled(name: str) -> Callable[[ConfigFn], ConfigFn]:
+    """Decorator: `fn(cfg) -> Config` makes NAME a distilled method whose set is distilled and
+    evaluated under `fn(cfg)` (e.g. `with_overrides(cfg, ["distill.sim_kind=identity"])`)."""
+    def wrap(fn: ConfigFn) -> ConfigFn:
+        METHODS.add(name, Method(name, partial(_train_on_own_set, name), fn))
+        return fn
+    return wrap
+
+
+def distilled_methods(names: list[str] | None = None) -> list[str]:
+    """The distilled methods among `names` (default: every registered one), in order."""
+    return [n for n in (METHODS.names() if names is None else names) if METHODS.get(n).distilled]
+
+
+def method_config(cfg: Config, name: str) -> Config:
+    """The settings `name`'s set is distilled and evaluated with (the run's own for baselines)."""
+    method = METHODS.get(name)
+    return method.configure(cfg) if method.distilled else cfg
+
+
+def _train_on_own_set(name: str, ctx: EvalContext, tower: EvalTower, seed: int) -> SeedResult:
+    if name not in ctx.sets:
+        raise UserError(f"eval.methods asks for {name!r} but there is no {name} set to evaluate")
+    return train_on_set(ctx.cfg, ctx.data, ctx.sets[name], seed, ctx.device, tower)
+
+
+# ------------------------------------------------------------------ the built-in methods
+@register_distilled("lors")
+def _lors(cfg: Config) -> Config:
+    """LoRS: the run's distill settings as given (distill.sim_kind, lowrank by default)."""
+    return cfg
+
+
+@register_distilled("lors-identity")
+def _lors_identity(cfg: Config) -> Config:
+    """LoRS's pipeline with the similarity fixed to S = I (no similarity mining)."""
+    return with_overrides(cfg, ["distill.sim_kind=identity"])
+
+
+@register_method("random")
+def _random(ctx: EvalContext, tower: EvalTower, seed: int) -> SeedResult:
+    """Random real pairs of the same count, one caption per image, a new draw per seed."""
+    return train_on_set(ctx.cfg, ctx.data, random_pairs(ctx.cfg, ctx.data, seed, ctx.n_pairs),
+                        seed, ctx.device, tower)
+
+
+def coreset_for(ctx: EvalContext, method: str, seed: int) -> DistilledSet:
+    """The herding / kcenter set of this evaluation (expert embeddings computed once)."""
+    from .coresets import expert_embeddings, select_coreset
+    if ctx.store is None:
+        raise UserError(f"{method} needs a trajectory store (the expert embeds the data): "
+                        "run the buffer stage or set buffer.dir")
+    if "expert_embeddings" not in ctx.cache:
+        ctx.cache["expert_embeddings"] = expert_embeddings(ctx.cfg, ctx.data, ctx.store, ctx.device,
+                                                           ctx.cfg.eval.coreset_expert)
+    return select_coreset(method, ctx.cache["expert_embeddings"], ctx.data, ctx.n_pairs,
+                          ctx.cfg.eval.coreset_space, ctx.cfg.buffer.lr_teacher,
+                          torch.Generator().manual_seed(seed))
+
+
+@register_method("herding")
+def _herding(ctx: EvalContext, tower: EvalTower, seed: int) -> SeedResult:
+    """Real pairs chosen by herding on a trained expert's embeddings."""
+    return train_on_set(ctx.cfg, ctx.data, coreset_for(ctx, "herding", seed), seed, ctx.device, tower)
+
+
+@register_method("kcenter")
+def _kcenter(ctx: EvalContext, tower: EvalTower, seed: int) -> SeedResult:
+    """Real pairs chosen by greedy k-center on the same embeddings."""
+    return train_on_set(ctx.cfg, ctx.data, coreset_for(ctx, "kcenter", seed), seed, ctx.device, tower)
+
+
+@register_method("full")
+def _full(ctx: EvalContext, tower: EvalTower, seed: int) -> SeedResult:
+    """Every training pair with the expert recipe: the upper bound."""
+    return train_on_full(ctx.cfg, ctx.data, seed, ctx.device, tower)
+
+
+# ------------------------------------------------------------------ seeds, summaries, towers
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample std (n - 1); std 0 for one seed."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarize(results: list[SeedResult], selection: str, seeds: list[int] | None = None) -> dict:
+    """Mean and std over seeds of the selected epoch's test metrics, the final epoch's beside
+    them, the per-seed numbers, and the selection rule's label."""
+    out: dict = {}
+    final: dict = {}
+    for key in METRICS:
+        out[key], out[f"{key}_std"] = _mean_std([r.selected[key] for r in results])
+        final[key], final[f"{key}_std"] = _mean_std([r.final[key] for r in results])
+    out["final"] = final
+    out["n_seeds"] = len(results)
+    out["selected_epochs"] = [r.epoch for r in results]
+    out["selection"] = SELECTION_LABELS[selection]
+    out["per_seed"] = [{"seed": s, "epoch": r.epoch, "selection_r_mean": r.selection_score,
+                        "r_mean": r.selected["r_mean"], "final_r_mean": r.final["r_mean"]}
+                       for s, r in zip(seeds or [None] * len(results), results)]
+    return out
+
+
+def evaluate_method(ctx: EvalContext, name: str, tower_label: str | None = None) -> dict:
+    """`eval.num_eval` seeds of one method on one evaluation tower (default: the distilled-on
+    one), under the method's own settings; returns its summary."""
+    cfg = method_config(ctx.cfg, name)
+    towers = {t.label: t for t in eval_towers(cfg)}
+    tower = towers[tower_label] if tower_label is not None else next(iter(towers.values()))
+    seeds = [cfg.seed * 1000 + 17 + s for s in range(cfg.eval.num_eval)]
+    run_seed = partial(METHODS.get(name).evaluate_seed, replace(ctx, cfg=cfg), tower)
+    results = distributed.sharded_map(run_seed, seeds,          # torchrun: seeds shared out
+                                      progress=f"eval {name} on {tower.label}")
+    summary = summarize(results, cfg.eval.selection, seeds)
+    log.info("%s on %s: r_mean %.2f +- %.2f (final epoch %.2f)", name, tower.label,
+             summary["r_mean"], summary["r_mean_std"], summary["final"]["r_mean"])
+    return summary
+
+
+def evaluate_all(ctx: EvalContext) -> dict:
+    """results.json's body: `methods` on the distilled-on tower, `towers` for the others."""
+    for name in ctx.cfg.eval.methods:
+        METHODS.get(name)
+    home, *others = eval_towers(ctx.cfg)
+    out = {"methods": {name: evaluate_method(ctx, name) for name in home.methods}, "towers": {}}
+    for tower in others:
+        out["towers"][tower.label] = {
+            "settings": tower.settings(),
+            "methods": {name: evaluate_method(ctx, name, tower.label) for name in tower.methods}}
+    return out
+
+
+__all__ = ["EvalContext", "METHODS", "Method", "distilled_methods", "evaluate_all",
+           "evaluate_method", "method_config", "register_distilled", "register_method", "summarize"]
