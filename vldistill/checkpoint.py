@@ -2,9 +2,9 @@
 
 A checkpoint is `checkpoints/METHOD.safetensors` (the authority) plus `METHOD.json` (the same
 summary for people). The tensors are the `Distiller`'s state -- set values, optimizer
-momentum, EMA, its generator, counters, the best-so-far set -- and the process-wide RNG
-states (python, numpy, torch, CUDA), so code outside the distiller's own generator that
-draws random numbers also continues identically. Both files are written atomically
+momentum, EMA, its generator, counters, the best-so-far set. Distillation draws every random
+number from its own generator (dropout from per-step seeds drawn from it, `vldistill.seeds`),
+never from the process-wide ones, so that generator's state is all a resumed run needs. Both files are written atomically
 (`vldistill.io`): until the new file is complete the previous checkpoint is what is on disk.
 
 A checkpoint is never written with a NaN or inf in it: `write_checkpoint` checks first and
@@ -22,54 +22,17 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .errors import NonFiniteError, UserError
 from .io import read_tensors_and_metadata, write_json, write_tensors
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2          # 2: no process-wide RNG states (nothing in distill draws from them)
 _UNCHECKED = ("best.window",)       # holds inf before the first window closes, by design
-
-
-def seed_global_rngs(seed: int) -> None:
-    """Seed python's, numpy's and torch's global generators (a stage that starts from here
-    draws the same numbers in every process, so its checkpoints hold the same states)."""
-    random.seed(seed)
-    np.random.seed(seed % 2 ** 32)
-    torch.manual_seed(seed)
-
-
-def global_rng_state() -> tuple[dict[str, torch.Tensor], dict]:
-    """The process-wide generators as tensors plus the few scalars they need (JSON)."""
-    py_version, py_state, py_gauss = random.getstate()
-    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
-    tensors = {"rng.python": torch.tensor(py_state, dtype=torch.int64),
-               "rng.numpy": torch.from_numpy(np.asarray(np_keys, dtype=np.int64)),
-               "rng.torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        for i, state in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"rng.cuda.{i}"] = state
-    scalars = {"python": [py_version, py_gauss], "numpy": [np_name, int(np_pos), int(np_has_gauss),
-                                                           float(np_gauss)]}
-    return tensors, scalars
-
-
-def restore_global_rng(tensors: dict[str, torch.Tensor], scalars: dict) -> None:
-    py_version, py_gauss = scalars["python"]
-    random.setstate((py_version, tuple(int(v) for v in tensors["rng.python"].tolist()), py_gauss))
-    np_name, np_pos, np_has_gauss, np_gauss = scalars["numpy"]
-    np.random.set_state((np_name, tensors["rng.numpy"].numpy().astype(np.uint32), np_pos,
-                         np_has_gauss, np_gauss))
-    torch.set_rng_state(tensors["rng.torch"])
-    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
-    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda)
 
 
 def non_finite_entries(state: dict[str, torch.Tensor]) -> list[str]:
@@ -79,7 +42,7 @@ def non_finite_entries(state: dict[str, torch.Tensor]) -> list[str]:
 
 
 def write_checkpoint(path: Path, state: dict[str, torch.Tensor], info: dict) -> None:
-    """Check, then atomically write the state (+ global RNG) and its JSON summary.
+    """Check, then atomically write the state and its JSON summary.
 
     Raises:
         NonFiniteError: a tensor holds NaN/inf; nothing is written, the last checkpoint stays.
@@ -89,19 +52,18 @@ def write_checkpoint(path: Path, state: dict[str, torch.Tensor], info: dict) -> 
         raise NonFiniteError(f"refusing to write checkpoint {path} at iteration {info.get('iteration')}: "
                              f"{', '.join(bad[:4])} hold NaN/inf (likely cause: distill.lr_img, lr_txt "
                              "or lr_sim too high); the last good checkpoint is kept")
-    rng, scalars = global_rng_state()
     # one metadata entry: safetensors writes several in a random order, and equal runs should
     # give equal bytes
-    header = {"format": CHECKPOINT_FORMAT, "info": info, "rng": scalars}
-    write_tensors(path, state | rng, metadata={"checkpoint": json.dumps(header)})
+    header = {"format": CHECKPOINT_FORMAT, "info": info}
+    write_tensors(path, state, metadata={"checkpoint": json.dumps(header)})
     write_json(path.with_suffix(".json"), info | {"written": time.strftime("%Y-%m-%d %H:%M:%S")})
 
 
 def read_checkpoint(path: Path, setup: dict) -> tuple[dict[str, torch.Tensor], dict]:
-    """Load a checkpoint made with the same setup, restoring the global RNG states.
+    """Load a checkpoint made with the same setup.
 
     Returns:
-        The distiller state (without the RNG entries) and the info dict it was written with.
+        The distiller state and the info dict it was written with.
     """
     tensors, metadata = read_tensors_and_metadata(path)
     header = json.loads(metadata.get("checkpoint", "{}"))
@@ -115,8 +77,7 @@ def read_checkpoint(path: Path, setup: dict) -> tuple[dict[str, torch.Tensor], d
             raise UserError(f"checkpoint {path} was made with {key}={json.dumps(stored.get(key))}, this "
                             f"run has {key}={json.dumps(value)}: restore the run's config, or delete "
                             "the checkpoint / set distill.resume=false to start over")
-    restore_global_rng(tensors, header["rng"])
-    return {k: v for k, v in tensors.items() if not k.startswith("rng.")}, info
+    return tensors, info
 
 
 @dataclass

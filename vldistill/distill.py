@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import BestSoFar, read_checkpoint, seed_global_rngs, write_checkpoint
+from . import seeds
+from .checkpoint import BestSoFar, read_checkpoint, write_checkpoint
 from .config import Config
 from .data import PreparedData
 from .errors import NonFiniteError, UserError
@@ -72,12 +73,12 @@ class Distiller:
                             "lower distill.max_start_epoch/expert_epochs or rebuild the buffer "
                             "(a new buffer.dir) with these settings")
         self.experts = store.experts()
-        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.generator = seeds.generator(cfg.seed, "distill")
         images, texts, self.init_captions = init_synthetic(cfg, data, self.generator)
         self.images = images.to(device).requires_grad_(True)
         self.texts = texts.to(device).requires_grad_(True)
-        seed_global_rngs(cfg.seed)
-        self.similarity = build_similarity(d.sim_kind, d.n_pairs, d.rank, d.alpha).to(device)
+        with seeds.seeded(seeds.derive_seed(cfg.seed, "similarity")):
+            self.similarity = build_similarity(d.sim_kind, d.n_pairs, d.rank, d.alpha).to(device)
         init_lr = math.log(d.lr_teacher) if d.lr_param == "log" else d.lr_teacher
         self.lr_raw = torch.full((2,), init_lr, device=device, requires_grad=d.learn_lr)
         groups = [{"params": [self.images], "lr": d.lr_img, "momentum": d.momentum_syn},
@@ -115,6 +116,7 @@ class Distiller:
         expert = self.experts[int(torch.randint(len(self.experts), (1,), generator=self.generator))]
         start_epoch = int(torch.randint(d.min_start_epoch, d.max_start_epoch, (1,), generator=self.generator))
         batches = sample_batches(d.n_pairs, d.mini_batch, d.syn_steps, self.generator)
+        step_seeds = torch.randint(2 ** 62, (d.syn_steps,), generator=self.generator).tolist()
         begin = self.store.load(expert, start_epoch)
         end = self.store.load(expert, start_epoch + d.expert_epochs)
         lr_img, lr_txt = self.lrs()
@@ -122,7 +124,8 @@ class Distiller:
         result = tesla_match(self.student, self.images, self.texts, self.similarity, lr_img, lr_txt,
                              (begin.image.to(self.device), begin.text.to(self.device)),
                              (end.image.to(self.device), end.text.to(self.device)),
-                             [b.to(self.device) for b in batches], d.loss, d.merge_branches)
+                             [b.to(self.device) for b in batches], d.loss, d.merge_branches,
+                             step_seeds)
         self._set_lr_grad(result.grad_lr_img, result.grad_lr_txt)
         finite = math.isfinite(result.loss) and all(
             bool(torch.isfinite(p.grad).all()) for g in self.optimizer.param_groups

@@ -25,6 +25,7 @@ from .config import Config
 from .data import PreparedData
 from .errors import MissingFileError, UserError
 from .models.student import DualEncoder, build_student
+from .seeds import derive_seed
 from .synset import DistilledSet
 from .similarity import IdentitySimilarity
 from .training import contrastive_step, retrieval_metrics, sgd_for_student, train_epoch_on_pairs
@@ -161,7 +162,7 @@ def train_on_full(cfg: Config, data: PreparedData, seed: int, device: torch.devi
     selector = _EpochSelector(model, data, cfg.eval.selection, device)
     for epoch in range(1, tower.full_epochs + 1):
         train_epoch_on_pairs(model, optimizer, data.dataset.train, data.text["train"],
-                             cfg.buffer.batch_size, seed * 100 + epoch, device, cfg.data.num_workers,
+                             cfg.buffer.batch_size, derive_seed(seed, "epoch", epoch), device, cfg.data.num_workers,
                              mode=cfg.buffer.pairs_per_epoch)
         selector.observe(epoch)
     return selector.result()

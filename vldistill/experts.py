@@ -19,6 +19,7 @@ from .accel import prepare_student
 from .config import Config
 from .data import PreparedData
 from .models.student import FunctionalStudent, build_student
+from .seeds import derive_seed
 from .training import retrieval_metrics, sgd_for_student, train_epoch_on_pairs
 from .trajectories import Snapshot, TrajectoryStore, epochs_to_keep, store_manifest
 
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 def train_expert(k: int, cfg: Config, data: PreparedData, device: torch.device,
                  store: TrajectoryStore) -> dict:
     """Train expert k (seeded by cfg.seed and k), store its kept snapshots, return its metrics."""
-    seed = cfg.seed * 10_000 + k
+    seed = derive_seed(cfg.seed, "expert-init", k)
     model = prepare_student(build_student(cfg.model, data.dataset.image_size, data.text_dim, seed=seed),
                             device, cfg.amp)
     fs = FunctionalStudent(model)
@@ -44,7 +45,7 @@ def train_expert(k: int, cfg: Config, data: PreparedData, device: torch.device,
     with tqdm(total=steps * cfg.buffer.epochs, desc=f"expert {k}", unit="step", leave=False) as bar:
         for epoch in range(1, cfg.buffer.epochs + 1):
             loss = train_epoch_on_pairs(model, optimizer, data.dataset.train, data.text["train"],
-                                        cfg.buffer.batch_size, seed * 100 + epoch, device,
+                                        cfg.buffer.batch_size, derive_seed(cfg.seed, "expert-epoch", k, epoch), device,
                                         cfg.data.num_workers, bar,
                                         cfg.buffer.pairs_per_epoch)
             val = retrieval_metrics(model, data.dataset.val, data.text["val"], device)

@@ -17,6 +17,9 @@ from phi_s, and at each phi_t (a constant) builds g_t with a graph, backpropagat
 into the synthetic batch, and moves on with phi_{t+1} = phi_t - eta g_t. Memory is that of one
 step for any T; the result equals autograd through the naive unroll with stop-gradient on
 phi_t (tests/test_matching.py checks this).
+
+Randomness inside a student step (dropout in the text head) is drawn from a per-step seed, the
+same in both passes, so pass 2 differentiates exactly the g_t that pass 1 summed into G.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ import torch
 
 from .losses import soft_contrastive_loss
 from .models.student import FunctionalStudent
+from .seeds import seeded
 from .similarity import Similarity
 
 
@@ -60,25 +64,28 @@ def _views(student: FunctionalStudent, image: torch.Tensor, text: torch.Tensor) 
 
 
 def _step_gradients(student: FunctionalStudent, position: list[torch.Tensor], x: torch.Tensor,
-                    y: torch.Tensor, target: torch.Tensor, loss_kind: str,
-                    create_graph: bool) -> list[torch.Tensor]:
+                    y: torch.Tensor, target: torch.Tensor, loss_kind: str, create_graph: bool,
+                    seed: int, loss_eps: float = 0.0) -> list[torch.Tensor]:
     """g_t of every parameter (image tower, then text head) from one autograd call.
 
     The gradient is taken w.r.t. per-parameter leaves, not the flat vectors, so no flat
     gradient is concatenated (and allocated) per step: for a 35M-parameter tower that copy
-    and its fresh memory cost a plain step's worth of time on a CPU.
+    and its fresh memory cost a plain step's worth of time on a CPU. The forward draws its
+    dropout masks from `seed`.
     """
     leaves = [p.detach().requires_grad_(True) for p in position]
     names = student.image_layout.names + student.text_layout.names
-    loss = soft_contrastive_loss(student.logits_from(dict(zip(names, leaves)), x, y), target, loss_kind)
+    with seeded(seed, x.device):
+        logits = student.logits_from(dict(zip(names, leaves)), x, y)
+    loss = soft_contrastive_loss(logits, target, loss_kind, loss_eps)
     return list(torch.autograd.grad(loss, leaves, create_graph=create_graph, materialize_grads=True))
 
 
 def tesla_match(student: FunctionalStudent, images: torch.Tensor, texts: torch.Tensor,
                 similarity: Similarity, lr_img: float, lr_txt: float,
                 start: tuple[torch.Tensor, torch.Tensor], target: tuple[torch.Tensor, torch.Tensor],
-                batches: list[torch.Tensor], loss_kind: str,
-                merge_branches: bool = False) -> MatchResult:
+                batches: list[torch.Tensor], loss_kind: str, merge_branches: bool = False,
+                step_seeds: list[int] | None = None, loss_eps: float = 0.0) -> MatchResult:
     """Run one matching iteration; accumulate d(loss)/d(images, texts, similarity) into `.grad`.
 
     Args:
@@ -90,7 +97,10 @@ def tesla_match(student: FunctionalStudent, images: torch.Tensor, texts: torch.T
         batches: the T index sets of the synthetic mini-batches (see `sample_batches`).
         loss_kind: contrastive loss of the student steps (see `vldistill.losses`).
         merge_branches: one ratio with summed numerators and denominators.
+        step_seeds: the seed of each step's random draws (dropout); default: step t uses t.
+        loss_eps: the loss's eps (`vldistill.losses`; 0: exact).
     """
+    step_seeds = list(range(len(batches))) if step_seeds is None else step_seeds
     phi_s, psi_s = (p.detach() for p in start)
     phi_star, psi_star = (p.detach() for p in target)
     x_all, y_all = images.detach(), texts.detach()
@@ -102,11 +112,11 @@ def tesla_match(student: FunctionalStudent, images: torch.Tensor, texts: torch.T
     grad_sum_img, grad_sum_txt = torch.zeros_like(phi_s), torch.zeros_like(psi_s)
     grad_sum = _views(student, grad_sum_img, grad_sum_txt)
     position = _views(student, phi_s.clone(), psi_s.clone())
-    for idx in batches:
+    for idx, seed in zip(batches, step_seeds):
         with torch.no_grad():
             soft_target = similarity.matrix(idx).to(x_all.device)
         g = _step_gradients(student, position, x_all[idx], y_all[idx], soft_target, loss_kind,
-                            create_graph=False)
+                            False, seed, loss_eps)
         torch._foreach_add_(grad_sum, g)
         torch._foreach_sub_(position, torch._foreach_mul(g, lrs))      # phi - lr * g
 
@@ -128,12 +138,12 @@ def tesla_match(student: FunctionalStudent, images: torch.Tensor, texts: torch.T
     learn_sim = any(p.requires_grad for p in similarity.parameters())
     coef = _views(student, coef_img, coef_txt)
     position = _views(student, phi_s.clone(), psi_s.clone())
-    for idx in batches:
+    for idx, seed in zip(batches, step_seeds):
         x = x_all[idx].requires_grad_(images.requires_grad)
         y = y_all[idx].requires_grad_(texts.requires_grad)
         sim_batch = [p.detach().requires_grad_(learn_sim) for p in similarity.params(idx)]
         soft_target = similarity.matrix_from(sim_batch, len(idx)).to(x_all.device)
-        g = _step_gradients(student, position, x, y, soft_target, loss_kind, create_graph=True)
+        g = _step_gradients(student, position, x, y, soft_target, loss_kind, True, seed, loss_eps)
         wrt = [t for t in (x, y, *sim_batch) if t.requires_grad]
         linked = [(g_p, c_p) for g_p, c_p in zip(g, coef) if g_p.requires_grad]
         if wrt and linked:  # d<c, g_t>/d(x, y, S_I): c enters as grad_outputs, no product is formed

@@ -31,6 +31,7 @@ from .evaluate import (SELECTION_LABELS, EvalTower, SeedResult, eval_towers, ran
                        train_on_full, train_on_set)
 from .registry import Registry
 from .retrieval import METRICS
+from .seeds import derive_seed
 from .synset import DistilledSet
 from .trajectories import TrajectoryStore
 
@@ -193,7 +194,7 @@ def evaluate_method(ctx: EvalContext, name: str, tower_label: str | None = None)
     cfg = method_config(ctx.cfg, name)
     towers = {t.label: t for t in eval_towers(cfg)}
     tower = towers[tower_label] if tower_label is not None else next(iter(towers.values()))
-    seeds = [cfg.seed * 1000 + 17 + s for s in range(cfg.eval.num_eval)]
+    seeds = [derive_seed(cfg.seed, "eval", s) for s in range(cfg.eval.num_eval)]
     run_seed = partial(METHODS.get(name).evaluate_seed, replace(ctx, cfg=cfg), tower)
     results = distributed.sharded_map(run_seed, seeds,          # torchrun: seeds shared out
                                       progress=f"eval {name} on {tower.label}")

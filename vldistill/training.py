@@ -16,6 +16,7 @@ from .data.splits import CaptionSplit
 from .losses import soft_contrastive_loss
 from .models.student import DualEncoder
 from .retrieval import recall_at_k
+from .seeds import seeded
 
 
 class _PairBatches(Dataset):
@@ -86,15 +87,20 @@ def contrastive_step(model: DualEncoder, optimizer: torch.optim.Optimizer, image
 def train_epoch_on_pairs(model: DualEncoder, optimizer: torch.optim.Optimizer, split: CaptionSplit,
                          text: torch.Tensor, batch_size: int, seed: int, device: torch.device,
                          num_workers: int = 0, progress=None, mode: str = "captions") -> float:
-    """One epoch of InfoNCE over the real pairs of a split (see `epoch_entries`); mean loss."""
+    """One epoch of InfoNCE over the real pairs of a split (see `epoch_entries`); mean loss.
+
+    `seed` fixes the epoch's order and caption draws, and (through a forked global generator)
+    the augmentations drawn in this process, so an epoch is the same whatever ran before it.
+    """
     model.train()
     total, count = 0.0, 0
-    for _, images, texts in pair_batches(split, text, batch_size, seed, True, num_workers, mode):
-        total += contrastive_step(model, optimizer, images.to(device, non_blocking=True),
-                                  texts.to(device, non_blocking=True))
-        count += 1
-        if progress is not None:
-            progress.update(1)
+    with seeded(seed):
+        for _, images, texts in pair_batches(split, text, batch_size, seed, True, num_workers, mode):
+            total += contrastive_step(model, optimizer, images.to(device, non_blocking=True),
+                                      texts.to(device, non_blocking=True))
+            count += 1
+            if progress is not None:
+                progress.update(1)
     return total / max(count, 1)
 
 

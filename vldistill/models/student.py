@@ -10,6 +10,7 @@ students train it as an ordinary module.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from ..seeds import seeded
 from .image_towers import create_image_tower
 
 if TYPE_CHECKING:
@@ -74,9 +76,7 @@ def build_student(model_cfg: "ModelConfig", image_size: int, text_dim: int, seed
     The seeded initialization draws from a forked copy of torch's global generator, so
     building a student never changes the random numbers the caller draws next.
     """
-    with torch.random.fork_rng(devices=[], enabled=seed is not None):
-        if seed is not None:
-            torch.manual_seed(seed)
+    with seeded(seed) if seed is not None else contextlib.nullcontext():
         tower = create_image_tower(image_tower or model_cfg.image_tower, image_size,
                                    pretrained_path=model_cfg.pretrained_path,
                                    width=model_cfg.convnet_width, depth=model_cfg.convnet_depth)
