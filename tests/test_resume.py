@@ -17,7 +17,7 @@ from reliability_helpers import FAST, TINY, copy_store, distill_records, run_cli
 from vldistill import runlock
 from vldistill.checkpoint import read_checkpoint
 from vldistill.errors import UserError
-from vldistill.interrupts import Interrupted, deferred_interrupts
+from vldistill.interrupts import REQUEUE_EXIT, Interrupted, deferred_interrupts
 from vldistill.io import append_jsonl, read_tensors_and_metadata
 
 ITERATIONS = 6          # checkpoints at 2, 4, 6 (tiny.yaml: checkpoint_every 2)
@@ -79,38 +79,38 @@ def test_sigkill_mid_iteration_then_resume_is_bit_identical(tmp_path, cache_dir,
     stray = checkpoint.with_name(f".{checkpoint.name}.killed.tmp")
     stray.write_bytes(checkpoint.read_bytes()[:1000])
 
-    # the dead process's lock is reported, not silently taken
-    code, err = run_cli(capsys, *_distill_args(run_dir, cache_dir, "distill.resume=true"))
-    assert code == 2 and "stale lock" in err and f"pid {proc.pid}" in err and "--force-unlock" in err
+    # the one resume command, no flag: the dead process's lock is taken over, and the log says so
     assert runlock.lock_owner(run_dir).pid == proc.pid
-
-    code, _ = run_cli(capsys, *_distill_args(run_dir, cache_dir, "distill.resume=true"), "--force-unlock")
+    code, _ = run_cli(capsys, "run", run_dir, "eval.num_eval=1", "eval.epochs=1")
     assert code == 0
     _same_files(reference, run_dir)
     assert not stray.exists() and runlock.lock_owner(run_dir) is None
+    assert f"took over the lock of pid {proc.pid}" in (run_dir / "log.txt").read_text()
     # the resumed iterations repeat the reference's losses exactly, from the checkpoint on
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     resume = next(i for i, r in enumerate(records) if r["stage"] == "resume")
     assert records[resume]["it"] == killed_at
-    redone = [(r["it"], r["loss"], r["lr_img"]) for r in records[resume + 1:]]
+    redone = [(r["it"], r["loss"], r["lr_img"]) for r in records[resume + 1:] if r["stage"] == "distill"]
     expected = [(r["it"], r["loss"], r["lr_img"]) for r in distill_records(reference) if r["it"] > killed_at]
     assert redone == expected
 
 
-def test_sigterm_writes_a_checkpoint_of_the_current_iteration(tmp_path, cache_dir, reference,
-                                                             capsys, monkeypatch):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
+def test_scheduler_signal_writes_a_checkpoint_of_the_current_iteration(tmp_path, cache_dir, reference,
+                                                                      capsys, monkeypatch, signum):
     from vldistill.distill import Distiller
     run_dir = tmp_path / "run"
     step = Distiller.step
 
-    def step_then_sigterm(self):
+    def step_then_signal(self):
         record = step(self)
         if self.iteration == 3:                        # mid-window: not a checkpoint boundary
-            os.kill(os.getpid(), signal.SIGTERM)       # arrives while the iteration finishes
+            os.kill(os.getpid(), signum)               # arrives while the iteration finishes
         return record
-    monkeypatch.setattr(Distiller, "step", step_then_sigterm)
+    monkeypatch.setattr(Distiller, "step", step_then_signal)
     code, err = run_cli(capsys, *_distill_args(run_dir, cache_dir))
-    assert code == 128 + signal.SIGTERM and "interrupted" in err
+    assert code == REQUEUE_EXIT == 75
+    assert f"stopped by {signal.Signals(signum).name}" in err and "exit status 75: requeue" in err
     info = json.loads((run_dir / "checkpoints" / "lors.json").read_text())
     assert info["iteration"] == 3
     assert runlock.lock_owner(run_dir) is None         # released on the way out: no --force-unlock needed
@@ -151,7 +151,7 @@ def test_second_signal_while_deferred_raises_at_once():
         assert pending.requested                       # recorded, nothing raised yet
         with pytest.raises(Interrupted) as caught:
             os.kill(os.getpid(), signal.SIGTERM)
-    assert caught.value.exit_code == 128 + signal.SIGTERM
+    assert caught.value.exit_code == REQUEUE_EXIT
 
 
 def test_checkpoint_of_another_setup_or_damaged_is_refused(reference, tmp_path):
@@ -206,6 +206,69 @@ def test_buffer_restart_skips_finished_experts_and_never_reads_a_half_written_on
     assert store.expert_path(0).stat().st_mtime_ns == finished_mtime
     assert store.load(1, 1).image.shape == store.load(0, 1).image.shape
     assert store.expert_path(1).read_bytes() != finished              # its own seed
+
+
+def _store_tensors(store_dir: Path) -> dict:
+    from safetensors.torch import load_file
+    return {p.name: load_file(p) for p in sorted(store_dir.glob("expert_*.safetensors"))}
+
+
+def test_scheduler_signal_mid_expert_keeps_finished_experts_and_resume_matches(tmp_path, cache_dir,
+                                                                              capsys, monkeypatch):
+    import vldistill.experts as experts
+
+    def args(run: str) -> list:
+        return ["buffer", TINY, f"run_dir={tmp_path / run}", f"cache_dir={cache_dir}",
+                "buffer.num_experts=2", *FAST]
+    assert run_cli(capsys, *args("whole"))[0] == 0
+    real, epochs = experts.train_epoch_on_pairs, []
+
+    def signal_in_expert_1(*a, **k):              # one epoch per expert (FAST): call 2 is expert 1's
+        epochs.append(1)
+        if len(epochs) == 2:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return real(*a, **k)
+    monkeypatch.setattr(experts, "train_epoch_on_pairs", signal_in_expert_1)
+    code, err = run_cli(capsys, *args("run"))
+    store = tmp_path / "run" / "buffer"
+    assert code == REQUEUE_EXIT and "stopped by SIGUSR1" in err
+    assert [p.name for p in store.glob("*expert*")] == ["expert_000.safetensors"]    # 1 abandoned cleanly
+    monkeypatch.setattr(experts, "train_epoch_on_pairs", real)
+    assert run_cli(capsys, "buffer", tmp_path / "run")[0] == 0           # resume: only expert 1 trains
+    whole, resumed = _store_tensors(tmp_path / "whole" / "buffer"), _store_tensors(store)
+    assert list(whole) == list(resumed) == ["expert_000.safetensors", "expert_001.safetensors"]
+    for name in whole:
+        assert all(torch.equal(whole[name][k], resumed[name][k]) for k in whole[name]), name
+
+
+def test_scheduler_signal_mid_seed_keeps_finished_seeds_and_resume_matches(tmp_path, cache_dir,
+                                                                          capsys, monkeypatch):
+    from vldistill import methods
+
+    def args(run: str) -> list:
+        return ["eval", TINY, f"run_dir={tmp_path / run}", f"cache_dir={cache_dir}",
+                f"buffer.dir={tiny_store(cache_dir)}", *FAST, "eval.methods=[random,herding]",
+                "eval.num_eval=3", "eval.epochs=2", "eval.val_every=1"]
+    assert run_cli(capsys, *args("whole"))[0] == 0
+    real, trained = methods.train_on_set, []
+
+    def counting(cfg, data, synthetic, seed, *a, **k):
+        trained.append(seed)
+        if len(trained) == 5:                        # 3 random seeds done, 1 herding; stop in the 2nd
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return real(cfg, data, synthetic, seed, *a, **k)
+    monkeypatch.setattr(methods, "train_on_set", counting)
+    run_dir = tmp_path / "run"
+    code, err = run_cli(capsys, *args("run"))
+    assert code == REQUEUE_EXIT and not (run_dir / "results.json").exists()
+    assert len((run_dir / "eval_seeds.rank0.jsonl").read_text().splitlines()) == 4
+    first_herding = trained[3]
+    trained.clear()
+    assert run_cli(capsys, "run", run_dir)[0] == 0                        # the one resume command
+    assert len(trained) == 2 and first_herding not in trained             # only the unfinished seeds
+    whole, resumed = (json.loads((tmp_path / r / "results.json").read_text()) for r in ("whole", "run"))
+    assert resumed["methods"] == whole["methods"]
+    assert not list(run_dir.glob("eval_seeds*"))
 
 
 def test_expert_write_interrupted_leaves_no_expert(tmp_path, cache_dir, monkeypatch):

@@ -1,8 +1,10 @@
-"""One writer per run directory: a live owner is refused, a dead one is reported and taken over
-only with --force-unlock, and the lock is released however the command ends."""
+"""One writer per run directory: a live owner is refused, a provably dead one (same host, or an
+earlier run of the same scheduler job) is taken over and logged, anything else needs
+--force-unlock, and the lock is released however the command ends."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -42,14 +44,14 @@ def test_live_owner_refuses_a_second_writer(tmp_path, holder, capsys):
     assert runlock.lock_owner(run_dir).pid == holder.pid
 
 
-def test_dead_owner_is_reported_then_taken_over_with_the_flag(tmp_path, holder):
+def test_dead_owner_is_taken_over_without_a_flag_and_logged(tmp_path, holder, caplog):
     run_dir = tmp_path / "run"
     holder.kill()                                      # SIGKILL: no clean-up ran
     holder.wait()
-    with pytest.raises(StaleLockError, match=rf"stale lock from pid {holder.pid} .*no longer running.*--force-unlock"):
-        runlock.acquire(run_dir)
-    lock = runlock.acquire(run_dir, force_unlock=True)
+    with caplog.at_level(logging.WARNING, logger="vldistill.runlock"):
+        lock = runlock.acquire(run_dir)
     assert runlock.lock_owner(run_dir).pid == os.getpid()
+    assert f"took over the lock of pid {holder.pid}" in caplog.text and "no longer running" in caplog.text
     lock.release()
     assert runlock.lock_owner(run_dir) is None
 
@@ -61,23 +63,49 @@ def _plant(run_dir, **owner):
     (run_dir / runlock.LOCK_NAME).write_text(json.dumps(record))
 
 
-def test_recycled_pid_other_host_and_garbage_are_stale(tmp_path):
+def test_recycled_pid_is_taken_over_other_host_and_garbage_need_the_flag(tmp_path, caplog):
     # a live pid that now belongs to another process (its start time differs) is not the owner
     _plant(tmp_path / "a", pid=os.getppid(), start="1")
-    with pytest.raises(StaleLockError, match="no longer running"):
-        runlock.acquire(tmp_path / "a")
+    with caplog.at_level(logging.WARNING, logger="vldistill.runlock"):
+        runlock.acquire(tmp_path / "a").release()
+    assert "its pid now belongs to another process" in caplog.text
     # another host cannot be checked from here: reported, taken over only on the user's word
     _plant(tmp_path / "b", host="some-other-node")
-    with pytest.raises(StaleLockError, match="on some-other-node .*its owner cannot be checked"):
+    with pytest.raises(StaleLockError, match="on some-other-node .*cannot be checked from here.*--force-unlock"):
         runlock.acquire(tmp_path / "b")
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / runlock.LOCK_NAME).write_text("{not json")
-    with pytest.raises(StaleLockError, match="an unreadable lock file"):
+    with pytest.raises(StaleLockError, match="an unreadable lock file: it cannot be read"):
         runlock.acquire(tmp_path / "c")
-    with runlock.takeover_allowed():                   # what --force-unlock does in the CLI
-        for name in "abc":
-            runlock.acquire(tmp_path / name).release()
+    for name in "bc":                                  # what --force-unlock does in the CLI
+        runlock.acquire(tmp_path / name, force_unlock=True).release()
     assert all(runlock.lock_owner(tmp_path / name) is None for name in "abc")
+
+
+@pytest.mark.parametrize("env,owner,taken", [
+    ({"SLURM_JOB_ID": "123"}, {"job": "123"}, True),                         # requeued job
+    ({"SLURM_JOB_ID": "456"}, {"job": "123"}, False),                        # another job
+    ({}, {"job": "123"}, False),                                             # not under a scheduler
+    ({"SLURM_JOB_ID": "7", "SLURM_ARRAY_JOB_ID": "7", "SLURM_ARRAY_TASK_ID": "2"}, {"job": "7/7/2"}, True),
+    ({"SLURM_JOB_ID": "7", "SLURM_ARRAY_JOB_ID": "7", "SLURM_ARRAY_TASK_ID": "3"}, {"job": "7/7/2"}, False),
+    ({"SLURM_JOB_ID": "123", "SLURM_RESTART_COUNT": "2"}, {"job": "123", "restarts": 1}, True),
+    ({"SLURM_JOB_ID": "123", "SLURM_RESTART_COUNT": "1"}, {"job": "123", "restarts": 1}, False),  # same run
+])
+def test_lock_of_the_same_scheduler_job_on_another_host_is_taken_over(tmp_path, monkeypatch, env, owner, taken):
+    for name in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    _plant(tmp_path, host="node-that-was-preempted", pid=4242, **owner)
+    if taken:
+        lock = runlock.acquire(tmp_path)
+        assert runlock.lock_owner(tmp_path).job == "/".join(
+            env[k] for k in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID") if k in env)
+        lock.release()
+    else:
+        with pytest.raises(StaleLockError, match="not an earlier run of this scheduler job"):
+            runlock.acquire(tmp_path)
+        assert runlock.lock_owner(tmp_path).pid == 4242
 
 
 def test_same_process_may_reopen_and_release_is_counted(tmp_path):

@@ -50,7 +50,8 @@ def _split_extra(overrides: list[str], names: tuple[str, ...]) -> tuple[dict[str
 
 def _open(args: argparse.Namespace, overrides: list[str] | None = None):
     from .rundir import open_run
-    return open_run(_config_for(args.target, args.overrides if overrides is None else overrides))
+    return open_run(_config_for(args.target, args.overrides if overrides is None else overrides),
+                    args.force_unlock)
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -250,23 +251,25 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from . import distributed, runlock     # (import torch; kept out of `--help`)
-    from .interrupts import terminate_as_interrupt
+    from .interrupts import REQUEUE_EXIT, terminate_as_interrupt
     try:
         if command.single_process and distributed.context().world_size > 1:
             raise UserError(f"`vldistill {name}` runs as one process (distill needs one GPU); "
                             "launch only `buffer` and `eval` with torchrun")
-        with terminate_as_interrupt(), runlock.takeover_allowed(getattr(args, "force_unlock", False)):
+        with terminate_as_interrupt():
             command.run(args)
     except UserError as err:
         print(f"vldistill: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt as err:        # Ctrl-C, or SIGTERM (interrupts.Interrupted)
-        print("vldistill: interrupted; the last checkpoint is kept (rerun with the run directory "
-              "to resume)", file=sys.stderr)
-        return getattr(err, "exit_code", 130)
+    except KeyboardInterrupt as err:        # Ctrl-C, or SIGTERM / SIGUSR1 (interrupts.Interrupted)
+        code = getattr(err, "exit_code", 130)
+        why = f"stopped by {err.args[0]}" if err.args else "interrupted"
+        requeue = f" (exit status {code}: requeue)" if code == REQUEUE_EXIT else ""
+        print(f"vldistill: {why}; what was finished is kept (distill checkpoints, stored experts, "
+              f"evaluated seeds): resume with `vldistill run RUN_DIR`{requeue}", file=sys.stderr)
+        return code
     finally:
         runlock.release_all()
-        distributed.shutdown()
     return 0
 
 

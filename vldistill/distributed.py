@@ -9,6 +9,7 @@ unconditionally.
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -70,6 +71,7 @@ def init(device: torch.device) -> Context:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(backend, init_method="env://")
+        atexit.register(shutdown)       # once per process: commands run in-process share the group
         log.info("process %d of %d (local rank %d) joined with %s on %s", ctx.rank,
                  ctx.world_size, ctx.local_rank, backend, device)
     return ctx

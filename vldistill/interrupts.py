@@ -1,17 +1,22 @@
-"""SIGTERM and Ctrl-C that end a run cleanly instead of mid-write.
+"""Signals that end a run cleanly instead of mid-write: Ctrl-C, and a scheduler's warning.
 
-Schedulers stop jobs with SIGTERM (then SIGKILL after a grace period); Python's default for
-SIGTERM is to die on the spot, skipping `finally` blocks, so the run lock would stay behind.
-`terminate_as_interrupt()` turns SIGTERM into an `Interrupted` exception (a KeyboardInterrupt),
-so clean-up code runs as for Ctrl-C.
+Schedulers stop jobs with SIGTERM (then SIGKILL after a grace period), and SLURM sends a signal
+of the job's choice some seconds before its time limit (`#SBATCH --signal=B:USR1@300`).
+Python's default for both is to die on the spot, skipping `finally` blocks, so the run lock
+would stay behind. `terminate_as_interrupt()` turns SIGTERM and SIGUSR1 into an `Interrupted`
+exception (a KeyboardInterrupt), so clean-up code runs as for Ctrl-C.
 
 Inside a loop that must not be cut mid-update (a distillation iteration changes several
 tensors and the optimizer), `deferred_interrupts()` only records the signal; the loop checks
 `.requested` after each iteration, writes its checkpoint and raises `Interrupted` itself. A
 second signal while one is pending raises at once (the user insists; the last checkpoint
-stays).
+stays). Elsewhere (an expert in training, an evaluation seed) the signal stops at once: what
+is finished is on disk, the unfinished expert or seed is redone on resume.
 
-Signal handlers can only be set from the main thread; elsewhere both helpers do nothing.
+Exit status: 130 for Ctrl-C; `REQUEUE_EXIT` (75, EX_TEMPFAIL: try again) for SIGTERM and
+SIGUSR1, so a batch script can requeue on it and the log says plainly that the run stopped to
+be resumed. Signal handlers can only be set from the main thread; elsewhere both helpers do
+nothing.
 """
 from __future__ import annotations
 
@@ -21,8 +26,12 @@ import threading
 from typing import Iterator
 
 
+REQUEUE_EXIT = 75                                     # EX_TEMPFAIL (sysexits.h)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+
+
 class Interrupted(KeyboardInterrupt):
-    """The run was asked to stop by a signal; `exit_code` is the shell's 128 + signal number."""
+    """The run was asked to stop by a signal: 130 for Ctrl-C, `REQUEUE_EXIT` otherwise."""
 
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
@@ -30,7 +39,7 @@ class Interrupted(KeyboardInterrupt):
 
     @property
     def exit_code(self) -> int:
-        return 128 + self.signum
+        return 130 if self.signum == signal.SIGINT else REQUEUE_EXIT
 
 
 def _main_thread() -> bool:
@@ -39,18 +48,19 @@ def _main_thread() -> bool:
 
 @contextlib.contextmanager
 def terminate_as_interrupt() -> Iterator[None]:
-    """Within the block, SIGTERM raises `Interrupted(SIGTERM)` like Ctrl-C raises KeyboardInterrupt."""
+    """Within the block, SIGTERM and SIGUSR1 raise `Interrupted` as Ctrl-C raises KeyboardInterrupt."""
     if not _main_thread():
         yield
         return
 
     def raise_interrupted(signum, _frame):
         raise Interrupted(signum)
-    previous = signal.signal(signal.SIGTERM, raise_interrupted)
+    previous = {s: signal.signal(s, raise_interrupted) for s in (signal.SIGTERM, signal.SIGUSR1)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 class Deferred:
@@ -69,8 +79,8 @@ class Deferred:
 
 
 @contextlib.contextmanager
-def deferred_interrupts(signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)) -> Iterator[Deferred]:
-    """Record SIGINT/SIGTERM instead of raising, until the block ends; a second one raises."""
+def deferred_interrupts(signals: tuple[int, ...] = STOP_SIGNALS) -> Iterator[Deferred]:
+    """Record SIGINT/SIGTERM/SIGUSR1 instead of raising, until the block ends; a second one raises."""
     deferred = Deferred()
     if not _main_thread():
         yield deferred

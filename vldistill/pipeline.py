@@ -15,6 +15,7 @@ from .io import append_jsonl, read_json, write_json
 from .methods import EvalContext, distilled_methods, evaluate_all, method_config
 from .report import card_captions, results_table
 from .results import card_metrics, merge_results, results_record
+from .seedlog import SeedLog
 from .rundir import Run
 from .synset import DistilledSet, update_card
 from .experts import run_buffer
@@ -59,7 +60,8 @@ def stage_eval(run: Run, data: PreparedData, sets: dict[str, DistilledSet],
     """
     for synthetic in sets.values():
         synthetic.check_fits(data)
-    ctx = EvalContext(run.cfg, data, run.device, sets, run.store())
+    seed_log = SeedLog(run.dir, distributed.context().rank)     # seeds an interrupted eval finished
+    ctx = EvalContext(run.cfg, data, run.device, sets, run.store(), seed_log=seed_log)
     body = evaluate_all(ctx)
     distilled_on = {s.card.get("image_tower") for s in sets.values()} - {None}
     results = results_record(run.cfg, data.dataset.name, ctx.n_pairs, body, distilled_on)
@@ -74,6 +76,7 @@ def stage_eval(run: Run, data: PreparedData, sets: dict[str, DistilledSet],
         for method in [] if external else sets:
             if run.set_path(method).with_suffix(".json").is_file():
                 update_card(run.set_path(method), {"metrics": card_metrics(method, results)})
+        seed_log.clear()
     return results
 
 

@@ -46,9 +46,10 @@ class Run:
         return self.dir / "checkpoints" / f"{method}.safetensors"
 
 
-def open_run(cfg: Config, force_unlock: bool | None = None) -> Run:
+def open_run(cfg: Config, force_unlock: bool = False) -> Run:
     """Lock and create the run directory, record the config and environment, set threads,
-    determinism and logging. `force_unlock` takes over a stale lock (`vldistill.runlock`)."""
+    determinism and logging. `force_unlock` takes over a lock whose owner cannot be proved
+    gone (`vldistill.runlock`)."""
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
@@ -56,8 +57,8 @@ def open_run(cfg: Config, force_unlock: bool | None = None) -> Run:
     use_deterministic(cfg.deterministic)
     device = resolve_device(cfg.device)
     ctx = distributed.init(device)          # joins torchrun's process group, if launched so
+    log_to(run_dir / ("log.txt" if ctx.is_main else f"log.rank{ctx.rank}.txt"))   # a take-over is logged
     lock = runlock.acquire(run_dir, force_unlock) if ctx.is_main else None
-    log_to(run_dir / ("log.txt" if ctx.is_main else f"log.rank{ctx.rank}.txt"))
     if ctx.is_main:
         write_text(run_dir / "config.yaml", to_yaml(cfg))
         write_json(run_dir / "environment.json", environment(device) | {

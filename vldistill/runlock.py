@@ -1,42 +1,45 @@
 """One writer per run directory: a lock file that a second process finds and refuses.
 
 `RUN_DIR/run.lock` holds JSON naming its owner: host, pid, the process's start time (so a
-recycled pid is not mistaken for the owner), the command and a random token. It is created
-atomically -- written to a temporary file, then hard-linked into place, which fails if the
-lock already exists -- so a reader never sees a half-written lock and two starters cannot
-both win.
+recycled pid is not mistaken for the owner), the scheduler job it ran under, the command and a
+random token. It is created atomically -- written to a temporary file, then hard-linked into
+place, which fails if the lock exists -- so a reader never sees a half-written lock and two
+starters cannot both win, also on the shared (NFS) file systems multi-node buffers use.
 
-A lock whose owner is gone (same host, pid not running or running a different process) is
-stale: it is reported, and taken over only when asked (`vldistill ... --force-unlock`),
-because a killed run may have been killed on purpose. A lock held by another host cannot be
-checked from here; `--force-unlock` takes it over too, on the user's word. A live owner on
-this host is never overridden.
+When a lock exists, it is taken over without asking when its owner is provably gone, and the
+log says so in one line:
+- same host, and its pid is not running, or runs another process (the start time differs);
+- same scheduler job (SLURM_JOB_ID, and the array job and task ids), from another host too: a
+  requeued job's earlier run was ended by the scheduler. If both record SLURM_RESTART_COUNT the
+  lock's must be lower than ours (a concurrent task of the same run is refused).
+A live owner on this host is always refused. What cannot be proved -- a lock from another host
+without a matching job, an unreadable lock -- is taken over only on the user's word
+(`vldistill ... --force-unlock`). Taking a lock this process already holds is allowed
+(re-entrant); locks are released when the holder's block ends, and at interpreter exit.
 
-The CLI's `--force-unlock` reaches `acquire` through `takeover_allowed()`, a block around
-the command, so the stages need not pass a flag around. Locks are released when the holder's
-block ends (`release`), and at interpreter exit.
-Taking a lock the same process already holds is allowed (re-entrant), so library code can
-call `open_run` twice in one process.
+(filelock's SoftFileLock reclaims dead same-host owners too, but knows no scheduler jobs, keeps
+no command to name the owner in a refusal, and waits instead of refusing; hence this module.)
 """
 from __future__ import annotations
 
 import atexit
-import contextlib
-import contextvars
 import json
+import logging
 import os
 import secrets
 import socket
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
 
 from .errors import UserError
 
+log = logging.getLogger(__name__)
+
 LOCK_NAME = "run.lock"
 UNREADABLE = "unreadable"
+_JOB_VARIABLES = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID")
 
 
 class RunLockedError(UserError):
@@ -44,7 +47,7 @@ class RunLockedError(UserError):
 
 
 class StaleLockError(UserError):
-    """A lock whose owner is gone (or cannot be checked); `--force-unlock` takes it over."""
+    """A lock whose owner cannot be proved gone; `--force-unlock` takes it over."""
 
 
 def _process_start(pid: int) -> str | None:
@@ -66,6 +69,14 @@ def _pid_running(pid: int) -> bool:
     return True
 
 
+def _scheduler_job() -> tuple[str | None, int | None]:
+    """This process's scheduler job ("JOB[/ARRAY_JOB/TASK]") and restart count, if any."""
+    ids = [os.environ.get(name) for name in _JOB_VARIABLES]
+    job = "/".join(i for i in ids if i) if ids[0] else None
+    restarts = os.environ.get("SLURM_RESTART_COUNT")
+    return job, int(restarts) if restarts and restarts.isdigit() else None
+
+
 @dataclass(frozen=True)
 class Owner:
     """Who holds a lock."""
@@ -76,44 +87,48 @@ class Owner:
     token: str
     command: str = ""
     since: float = 0.0
+    job: str | None = None          # scheduler job it ran under
+    restarts: int | None = None     # SLURM_RESTART_COUNT of that run
 
     @classmethod
     def me(cls) -> "Owner":
         pid = os.getpid()
+        job, restarts = _scheduler_job()
         return cls(socket.gethostname(), pid, _process_start(pid), secrets.token_hex(8),
-                   " ".join(sys.argv)[:300], time.time())
+                   " ".join(sys.argv)[:300], time.time(), job, restarts)
 
     def same_process(self, other: "Owner") -> bool:
         return (self.host, self.pid, self.start) == (other.host, other.pid, other.start)
 
-    def alive(self) -> bool | None:
-        """True/False on this host; None when the owner runs elsewhere (cannot be checked)."""
-        if self.host != socket.gethostname():
-            return None
-        if not _pid_running(self.pid):
+    def alive_here(self) -> bool:
+        """On this host, and its process still runs (not a recycled pid)."""
+        if self.host != socket.gethostname() or not _pid_running(self.pid):
             return False
         start = _process_start(self.pid)
         return start is None or self.start is None or start == self.start
+
+    def gone_because(self, me: "Owner") -> str | None:
+        """Why this owner is provably gone (None: it cannot be proved from here)."""
+        if self.token == UNREADABLE:
+            return None
+        if self.host == me.host:
+            if not _pid_running(self.pid):
+                return "its process is no longer running"
+            return None if self.alive_here() else "its pid now belongs to another process"
+        earlier = self.restarts is None or me.restarts is None or self.restarts < me.restarts
+        if self.job is not None and self.job == me.job and earlier:
+            return f"it was written by an earlier run of scheduler job {self.job} (requeued)"
+        return None
 
     def describe(self) -> str:
         if self.token == UNREADABLE:
             return "an unreadable lock file"
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.since)) if self.since else "?"
-        return f"pid {self.pid} on {self.host} since {when} ({self.command or 'unknown command'})"
+        job = f", job {self.job}" if self.job else ""
+        return f"pid {self.pid} on {self.host}{job} since {when} ({self.command or 'unknown command'})"
 
 
 _HELD: dict[Path, "RunLock"] = {}
-_TAKEOVER = contextvars.ContextVar("vldistill_force_unlock", default=False)
-
-
-@contextlib.contextmanager
-def takeover_allowed(allowed: bool = True) -> Iterator[None]:
-    """Within the block, `acquire` takes over stale locks (the CLI's --force-unlock)."""
-    token = _TAKEOVER.set(allowed)
-    try:
-        yield
-    finally:
-        _TAKEOVER.reset(token)
 
 
 @dataclass
@@ -146,7 +161,8 @@ def _read_owner(path: Path) -> Owner | None:
     try:
         data = json.loads(path.read_text())
         return Owner(data["host"], int(data["pid"]), data.get("start"), data["token"],
-                     data.get("command", ""), float(data.get("since", 0.0)))
+                     data.get("command", ""), float(data.get("since", 0.0)), data.get("job"),
+                     data.get("restarts"))
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError):
@@ -156,7 +172,7 @@ def _read_owner(path: Path) -> Owner | None:
 def _try_create(path: Path, owner: Owner) -> bool:
     """Create the lock file with its full content, atomically; False if one exists."""
     tmp = path.with_name(f".{path.name}.{owner.token}.tmp")
-    tmp.write_text(json.dumps(owner.__dict__) + "\n")
+    tmp.write_text(json.dumps(asdict(owner)) + "\n")
     try:
         os.link(tmp, path)
         return True
@@ -166,20 +182,19 @@ def _try_create(path: Path, owner: Owner) -> bool:
         tmp.unlink(missing_ok=True)
 
 
-def acquire(folder: str | Path, force_unlock: bool | None = None) -> RunLock:
+def acquire(folder: str | Path, force_unlock: bool = False) -> RunLock:
     """Lock `folder` for this process, or raise a UserError that says who holds it.
 
     Args:
         folder: the run directory (created if missing).
-        force_unlock: take over a stale lock (owner dead) or one held on another host;
-            None: as the enclosing `takeover_allowed()` block says (default: no).
+        force_unlock: also take over a lock whose owner cannot be proved gone (another host
+            without a matching scheduler job, an unreadable lock); never a live local owner.
 
     Returns:
         The held lock; call `release()` when done (it is also released at exit).
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    force_unlock = _TAKEOVER.get() if force_unlock is None else force_unlock
     path = (folder / LOCK_NAME).resolve()
     if path in _HELD:
         _HELD[path].depth += 1
@@ -195,17 +210,18 @@ def acquire(folder: str | Path, force_unlock: bool | None = None) -> RunLock:
         if owner.same_process(me):
             _HELD[path] = RunLock(path, owner)      # ours from an earlier open in this process
             return _HELD[path]
-        alive = owner.alive()
-        if alive:
+        if owner.alive_here():
             raise RunLockedError(f"{folder} is in use by {owner.describe()}: wait for it to finish "
                                  "or stop it, or use another run_dir")
-        if not force_unlock:
-            why = ("its process is no longer running" if alive is False
-                   else "its owner cannot be checked from this host")
-            raise StaleLockError(f"{folder} has a stale lock from {owner.describe()}: {why}; "
-                                 "if no process writes this run any more, rerun with --force-unlock "
-                                 f"to take it over (or delete {path})")
+        reason = owner.gone_because(me) or ("--force-unlock was given" if force_unlock else None)
+        if reason is None:
+            why = ("it cannot be read" if owner.token == UNREADABLE else
+                   "its owner runs on another host and is not an earlier run of this scheduler "
+                   "job, so it cannot be checked from here")
+            raise StaleLockError(f"{folder} has a lock from {owner.describe()}: {why}; if no process "
+                                 f"writes this run any more, rerun with --force-unlock (or delete {path})")
         if _take_over(path, owner, me):
+            log.warning("%s: took over the lock of %s: %s", folder, owner.describe(), reason)
             _HELD[path] = RunLock(path, me)
             return _HELD[path]
     raise RunLockedError(f"{folder}: could not take the lock {path} (another process keeps "
