@@ -209,3 +209,15 @@ def test_a_missing_tower_checkpoint_is_refused_before_training(tiny_cfg, tmp_pat
     cfg = tiny_cfg(f"eval.towers.timm:resnet18.pretrained_path={tmp_path / 'nope.pth'}")
     with pytest.raises(Exception, match="eval.towers.timm:resnet18.pretrained_path .* not found"):
         eval_towers(cfg)
+
+
+@pytest.mark.parametrize("name", methods.METHODS.names())
+def test_every_registered_method_evaluates_one_seed(name, tiny_cfg, tiny_data, tmp_path):
+    """Each method (distilled ones on a saved set of their own) gives a summary whose r_mean is
+    the mean of its six recalls."""
+    cfg = tiny_cfg(*QUICK, "eval.num_eval=1", "eval.full_epochs=1")
+    sets = {name: make_set(tiny_data, tmp_path / name / "set", n=10)} if methods.METHODS.get(name).distilled else {}
+    ctx = EvalContext(cfg, tiny_data, torch.device("cpu"), sets, untrained_store(cfg, tiny_data, tmp_path / "b"))
+    summary = methods.evaluate_method(ctx, name)
+    assert summary["n_seeds"] == 1 and all(0 <= summary[k] <= 100 for k in METRICS)
+    assert summary["r_mean"] == pytest.approx(sum(summary[k] for k in METRICS[:-1]) / 6)

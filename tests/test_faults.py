@@ -13,14 +13,14 @@ import vldistill.distill as distill_module
 from reliability_helpers import FAST, run_cli, tiny_store
 from vldistill.distill import Distiller, NonFiniteError, run_distill
 from vldistill.trajectories import TrajectoryStore
-from vldistill.matching import MatchResult
+from vldistill.matching import MATCHERS, MatchResult
 
 CPU = torch.device("cpu")
 NAN = float("nan")
 
 
 def fake_match(corrupt: str | None = None, grad_lr: tuple[float, float] = (0.5, 0.5)):
-    """A stand-in for tesla_match: small finite gradients everywhere, then one entry spoiled."""
+    """A stand-in for the matcher (tesla_match): small finite gradients everywhere, then one entry spoiled."""
     def match(student, images, texts, similarity, *args, **kwargs) -> MatchResult:
         images.grad = torch.full_like(images, 1e-3)
         texts.grad = torch.full_like(texts, 1e-3)
@@ -61,10 +61,10 @@ CORRUPTIONS = ["loss", "images", "texts", "similarity.0", "similarity.1", "simil
 def test_any_non_finite_gradient_skips_the_whole_update(corrupt, make_distiller, monkeypatch):
     distiller = make_distiller()
     assert len(list(distiller.similarity.parameters())) == 3           # lowrank: w, L, R
-    monkeypatch.setattr(distill_module, "tesla_match", fake_match())
+    monkeypatch.setitem(MATCHERS._entries, "tesla", fake_match())
     distiller.step()                                                   # momentum buffers exist now
     before = _state(distiller)
-    monkeypatch.setattr(distill_module, "tesla_match", fake_match(corrupt))
+    monkeypatch.setitem(MATCHERS._entries, "tesla", fake_match(corrupt))
     record = distiller.step()
     after = _state(distiller)
     changed = [k for k in before if not torch.equal(before[k], after[k])]
@@ -88,7 +88,7 @@ def test_k_bad_iterations_stop_with_the_last_good_checkpoint(tiny_cfg, tiny_data
     def scripted(*args, **kwargs):
         corrupt = next(plan)
         return (bad[corrupt] if corrupt else good)(*args, **kwargs)
-    monkeypatch.setattr(distill_module, "tesla_match", scripted)
+    monkeypatch.setitem(MATCHERS._entries, "tesla", scripted)
     cfg = tiny_cfg(*FAST, "distill.iterations=20", "distill.max_bad_steps=3")
     with pytest.raises(NonFiniteError, match=r"^3 iterations in a row .*distill\.lr_img .*resume") as caught:
         _run(cfg, tiny_data, cache_dir, tmp_path)
@@ -131,7 +131,7 @@ def test_real_divergence_stops_the_cli_with_one_line(tmp_path, cache_dir, capsys
 # ---------------------------------------------------------------- learned lrs
 def test_linear_lr_is_clamped_at_min_lr_and_reported(make_distiller, monkeypatch):
     distiller = make_distiller("distill.lr_param=linear", "distill.min_lr=0.001")
-    monkeypatch.setattr(distill_module, "tesla_match", fake_match(grad_lr=(1e9, 1.0)))   # pushes lr_img << 0
+    monkeypatch.setitem(MATCHERS._entries, "tesla", fake_match(grad_lr=(1e9, 1.0)))   # pushes lr_img << 0
     record = distiller.step()
     assert record["lr_event"] == "clamped" and not record["skipped"]
     assert distiller.lrs()[0] == pytest.approx(0.001) and 0.001 < distiller.lrs()[1] < 0.1
@@ -139,12 +139,12 @@ def test_linear_lr_is_clamped_at_min_lr_and_reported(make_distiller, monkeypatch
 
 def test_log_lr_stays_positive_and_an_underflow_is_refused(make_distiller, monkeypatch):
     distiller = make_distiller("distill.lr_param=log")
-    monkeypatch.setattr(distill_module, "tesla_match", fake_match(grad_lr=(2e4, 2e4)))
+    monkeypatch.setitem(MATCHERS._entries, "tesla", fake_match(grad_lr=(2e4, 2e4)))
     for _ in range(3):
         record = distiller.step()
         assert record["lr_event"] is None and all(0 < lr < 0.1 for lr in distiller.lrs())
     before = distiller.lrs()
-    monkeypatch.setattr(distill_module, "tesla_match", fake_match(grad_lr=(1e12, 1.0)))  # exp underflows to 0
+    monkeypatch.setitem(MATCHERS._entries, "tesla", fake_match(grad_lr=(1e12, 1.0)))  # exp underflows to 0
     record = distiller.step()
     assert record["lr_event"] == "rejected" and distiller.lrs() == before
 
@@ -152,12 +152,12 @@ def test_log_lr_stays_positive_and_an_underflow_is_refused(make_distiller, monke
 @pytest.mark.parametrize("param, extra", [("linear", ["distill.max_lr=1.0"]), ("log", [])])
 def test_exploding_lr_update_is_refused_not_trained_on(param, extra, make_distiller, monkeypatch):
     distiller = make_distiller(f"distill.lr_param={param}", *extra)
-    monkeypatch.setattr(distill_module, "tesla_match", fake_match())
+    monkeypatch.setitem(MATCHERS._entries, "tesla", fake_match())
     distiller.step()
     lr_before = distiller.lrs()
     buffer_before = distiller.optimizer.state[distiller.lr_raw]["momentum_buffer"].clone()
     images_before = distiller.images.detach().clone()
-    monkeypatch.setattr(distill_module, "tesla_match", fake_match(grad_lr=(-1e12, 0.5)))
+    monkeypatch.setitem(MATCHERS._entries, "tesla", fake_match(grad_lr=(-1e12, 0.5)))
     record = distiller.step()
     assert record["lr_event"] == "rejected" and not record["skipped"]
     assert distiller.lrs() == lr_before              # linear: above max_lr; log: exp overflows to inf

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from vldistill.losses import soft_contrastive_loss
-from vldistill.matching import sample_batches, tesla_match
+from vldistill.matching import MatchOptions, sample_batches, tesla_match
 from vldistill.models.image_towers import ConvNet
 from vldistill.models.student import DualEncoder, FunctionalStudent
 from vldistill.similarity import build_similarity
@@ -59,7 +59,7 @@ def test_tesla_gradient_equals_naive_unroll(steps, sim_kind, loss_kind, merge):
     lr_img, lr_txt = 0.3, 0.2
 
     result = tesla_match(student, images, texts, sim, lr_img, lr_txt, start, target, batches,
-                         loss_kind, merge_branches=merge)
+                         MatchOptions(loss_kind, merge_branches=merge))
     fast = [images.grad.clone(), texts.grad.clone()] + [p.grad.clone() for p in sim.parameters()]
 
     for t in [images, texts, *sim.parameters()]:

@@ -9,7 +9,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from vldistill import memory
 from vldistill.errors import UserError
-from vldistill.matching import sample_batches, tesla_match
+from vldistill.matching import MatchOptions, sample_batches, tesla_match
 from vldistill.models.image_towers import ConvNet
 from vldistill.models.student import DualEncoder, FunctionalStudent
 from vldistill.similarity import build_similarity
@@ -41,7 +41,7 @@ def test_estimate_covers_a_measured_iteration(steps):
     batches = sample_batches(n, batch, steps, torch.Generator().manual_seed(0))
 
     def iteration():
-        tesla_match(student, images, texts, sim, 0.1, 0.1, start, target, batches, "infonce")
+        tesla_match(student, images, texts, sim, 0.1, 0.1, start, target, batches, MatchOptions())
     iteration()                                         # .grad buffers exist from here on
     resident = sum(t.numel() * 4 for t in (*model.parameters(), *start, *target, images, texts,
                                            images.grad, texts.grad, *sim.parameters()))

@@ -61,7 +61,7 @@ def test_run_directory_records_what_the_result_depends_on(first):
     env = json.loads((first / "environment.json").read_text())
     assert env["seed"] == 0 and env["deterministic"] is False and env["device"] == "cpu"
     assert env["torch"] == torch.__version__ and env["packages"]["numpy"] and env["packages"]["safetensors"]
-    assert env["vldistill"] and env["python"] and env["threads"] == 2
+    assert env["vldistill"] and env["python"] and env["threads"] == torch.get_num_threads()
     assert "git_commit" in env and "git_dirty" in env and env["command"]
     assert re.search(r"^seed: 0$", (first / "config.yaml").read_text(), re.M)
 

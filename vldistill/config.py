@@ -2,23 +2,24 @@
 
 A run is described by one YAML file plus `key=value` overrides (`distill.rank=20`).
 Unknown keys, wrong types and impossible values are user errors: they raise `ConfigError`
-with one line that says what to fix.
+with one line that says what to fix. A key left null (~) where the comment says "mode"
+takes the value of the run's `fidelity` (`vldistill.fidelity`: `reference` reproduces the
+authors' scripts, `vldistill` is ours); the resolved value is what config.yaml records.
 """
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Optional
-
-from omegaconf import MISSING, DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from .errors import UserError
 
 
 class ConfigError(UserError, ValueError):
     """A configuration a user wrote is wrong; the message says how to fix it."""
+
+
+BATCHNORM_MODES = ("batch", "frozen")
+FIDELITY_MODES = ("reference", "vldistill")
 
 
 @dataclass
@@ -31,10 +32,12 @@ class DataConfig:
     test_json: Optional[str] = None
     image_size: int = 32                  # square side the towers see
     max_words: int = 30                   # captions are truncated to this many words
+    caption_cleaner: Optional[str] = None # mode: reference (keeps , and ?) | strict (drops them too)
     no_aug: bool = True                   # turn off train-time augmentation of real images
     skip_bad_images: bool = False         # skip (and count) unreadable images instead of failing
     num_workers: int = 0                  # DataLoader workers for real images
-    cache_images: bool = True             # decode real images once into a uint8 tensor file (cache_dir)
+    cache_images: Optional[bool] = None   # mode: decode real images once into a uint8 tensor file
+                                          # (cache_dir); train crops then come from the resized image
     cache_max_gb: float = 8.0             # ... for splits whose decoded pixels fit in this many GB
     # coco (captions_*.json through pycocotools): image ids of each split, as a list or a file
     # (one id per line, or a JSON list); null takes every image of that split's file
@@ -54,6 +57,7 @@ class DataConfig:
     def __post_init__(self) -> None:
         _registered(self, "name", "dataset")
         _positive(self, "image_size", "max_words", "shapes_train", "shapes_val", "shapes_test")
+        _choice(self, "caption_cleaner", ("reference", "strict"))
         if self.num_workers < 0:
             raise ConfigError("data.num_workers must be >= 0")
         _non_negative(self, "cache_max_gb", "val_fraction", "test_fraction")
@@ -64,20 +68,22 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     image_tower: str = "convnet"          # a registered image tower: convnet | timm:NAME | open_clip:NAME
-    pretrained_path: Optional[str] = None # local weights for the image tower (nothing is downloaded)
+    pretrained_path: Optional[str] = None # local weights for the image tower, or imagenet: packaged weights (timm:efficientnet_lite0); nothing is downloaded
     convnet_width: int = 64
     convnet_depth: int = 3
     text_tower: str = "minilm"            # a registered text tower: minilm | st:DIR | hf:DIR | open_clip:NAME@CKPT
     text_batch_size: int = 256            # captions per forward pass when filling the cache
-    head_dropout: float = 0.0             # dropout inside the text projection head
-    temperature: float = 0.07             # logits = cos / temperature
+    head_dropout: Optional[float] = None  # mode: dropout inside the text projection head (reference 0.1)
+    batchnorm: str = "batch"              # batch: batch statistics in training | frozen: running statistics always
+    temperature: float = 0.07             # logits = cos / temperature (experts and evaluation)
 
     def __post_init__(self) -> None:
         _registered(self, "image_tower", "image tower")
         _registered(self, "text_tower", "text tower")
         _positive(self, "convnet_width", "convnet_depth", "text_batch_size", "temperature")
-        if not 0.0 <= self.head_dropout < 1.0:
+        if self.head_dropout is not None and not 0.0 <= self.head_dropout < 1.0:
             raise ConfigError("model.head_dropout must be in [0, 1)")
+        _choice(self, "batchnorm", BATCHNORM_MODES)
 
 
 @dataclass
@@ -90,6 +96,9 @@ class BufferConfig:
     batch_size: int = 128
     pairs_per_epoch: str = "captions"     # captions: every caption once (reference) | images: every
                                           # image once, with one of its captions drawn at random
+    drop_last: Optional[bool] = None      # mode: drop an epoch's last, partial batch (reference: yes)
+    text_dropout: Optional[bool] = None   # mode: experts run the text tower per batch in train mode
+                                          # (dropout-noised features, reference) instead of the cache
     store_all_epochs: bool = False        # False: keep only epochs distillation can use
     dir: Optional[str] = None             # trajectory store; default RUN_DIR/buffer (share it across runs)
 
@@ -107,15 +116,28 @@ class DistillConfig:
     expert_epochs: int = 1                # M: target snapshot is start + M
     min_start_epoch: int = 0
     max_start_epoch: int = 2              # start epoch drawn from [min_start_epoch, max_start_epoch)
+    expert_order: Optional[str] = None    # mode: random (an expert drawn per iteration) | cycle (each
+                                          # expert once per shuffled pass, reference)
     mini_batch: int = 20                  # synthetic pairs per student step
+    batch_draw: str = "walk"              # walk: consecutive chunks of a permutation (LoRS) | fresh: a
+                                          # new permutation's first mini_batch every step (VL-distill)
+    matching: str = "tesla"               # tesla (constant memory, stop-gradient on the student) | unroll
+    logit_scale: Optional[float] = None   # inner-loop logit scale; null: 1 / model.temperature
     sim_kind: str = "lowrank"             # a registered similarity: lowrank | full | identity
     rank: int = 10
     alpha: float = 3.0
     loss: str = "infonce"                 # a registered loss: infonce | ence | bce | wbce | kl | mse | cwcl
+    loss_eps: Optional[float] = None      # mode: eps of log(p + eps) in WBCE (reference 1e-6; 0: exact)
     init: str = "real"                    # real | noise (images and texts)
+    init_draw: Optional[str] = None       # mode: images (distinct images, a caption each) | captions
+                                          # (distinct caption entries, images may repeat: reference)
+    init_augment: Optional[bool] = None   # mode: start from an augmented view (reference: when augmenting)
     lr_teacher: float = 0.1               # initial value of the learnable student lrs
     learn_lr: bool = True
-    lr_param: str = "linear"              # linear (clamped at min_lr) | log (always positive)
+    lr_param: str = "linear"              # linear | log (always positive)
+    lr_grad: Optional[str] = None         # mode: exact (d of the matching loss) | branch (each lr from its
+                                          # own branch's ratio even with merge_branches: reference)
+    clamp_lr: Optional[bool] = None       # mode: clamp linear lrs at min_lr (reference: never)
     min_lr: float = 1e-4
     lr_img: float = 1000.0                # lr of the synthetic images
     lr_txt: float = 1.0                   # lr of the synthetic text embeddings
@@ -127,19 +149,25 @@ class DistillConfig:
     merge_branches: bool = False          # one matching ratio over both branches
     ema_decay: float = 0.0                # >0: keep an EMA of the set and export it
     checkpoint_every: int = 100
-    max_bad_steps: int = 5                # consecutive non-finite iterations before the run stops
+    eval_every: int = 0                   # >0: evaluate the set every k iterations (and at 0), logged
+    max_bad_steps: Optional[int] = None   # mode: consecutive non-finite iterations before the run stops
     max_lr: Optional[float] = None        # a learned-lr update above this is refused (null: only non-finite ones)
     resume: bool = False
 
     def __post_init__(self) -> None:
         _positive(self, "n_pairs", "iterations", "syn_steps", "expert_epochs", "mini_batch",
-                  "rank", "checkpoint_every", "max_bad_steps", "lr_teacher", "min_lr")
-        _non_negative(self, "lr_img", "lr_txt", "lr_lr", "lr_sim", "momentum_syn",
-                      "momentum_lr", "momentum_sim", "min_start_epoch")
+                  "rank", "checkpoint_every", "max_bad_steps", "lr_teacher", "min_lr", "logit_scale")
+        _non_negative(self, "lr_img", "lr_txt", "lr_lr", "lr_sim", "momentum_syn", "momentum_lr",
+                      "momentum_sim", "min_start_epoch", "loss_eps", "eval_every")
         _registered(self, "sim_kind", "similarity")
         _registered(self, "loss", "loss")
+        _registered(self, "matching", "matching")
         _choice(self, "init", ("real", "noise"))
+        _choice(self, "init_draw", ("images", "captions"))
         _choice(self, "lr_param", ("linear", "log"))
+        _choice(self, "lr_grad", ("exact", "branch"))
+        _choice(self, "expert_order", ("random", "cycle"))
+        _choice(self, "batch_draw", ("walk", "fresh"))
         if self.max_start_epoch <= self.min_start_epoch:
             raise ConfigError("distill.max_start_epoch must be > distill.min_start_epoch "
                               "(start epochs are drawn from [min, max))")
@@ -153,9 +181,6 @@ class DistillConfig:
         if self.max_lr is not None and self.max_lr <= self.lr_teacher:
             raise ConfigError(f"distill.max_lr ({self.max_lr}) must be > distill.lr_teacher "
                               f"({self.lr_teacher}), the lrs' initial value (or null for no bound)")
-        if self.learn_lr and self.lr_param == "linear" and self.lr_teacher < self.min_lr:
-            raise ConfigError(f"distill.lr_teacher ({self.lr_teacher}) is below distill.min_lr "
-                              f"({self.min_lr}), where linear lrs are clamped: lower min_lr")
 
     @property
     def last_epoch_used(self) -> int:
@@ -184,7 +209,7 @@ class EvalTowerConfig:
     a field left null takes the value of the same `eval.*` key.
     """
     image_tower: Optional[str] = None     # registry name; null: this entry's key (eval.towers.KEY)
-    pretrained_path: Optional[str] = None # this tower's local weights (model.pretrained_path is the distilled-on tower's)
+    pretrained_path: Optional[str] = None # this tower's local weights or imagenet (model.pretrained_path is the distilled-on tower's)
     lr: Optional[float] = None            # student lr on a set
     full_lr: Optional[float] = None       # lr of the `full` upper bound on this tower
     epochs: Optional[int] = None
@@ -204,27 +229,39 @@ class EvalTowerConfig:
         _check_methods(self.methods or [], "eval.towers.*.methods")
 
 
+SELECTIONS = ("val", "test", "final")
+
+
 @dataclass
 class EvalConfig:
     num_eval: int = 3                     # seeds (fresh students) per method
-    epochs: int = 100                     # training epochs on the distilled / coreset set
+    epochs: Optional[int] = None          # mode: training epochs on the set (reference 101, ours 100)
+    lr_drop_epoch: Optional[int] = None   # mode: lr x0.1 after this many epochs (reference 51, ours epochs/2)
     full_epochs: int = 3                  # epochs for the `full` (all training data) upper bound
     batch_size: int = 100                 # mini-batch on the set (>= n_pairs: full batch)
+    batch_sampler: Optional[str] = None   # mode: partition (each pair once an epoch) | shuffle_head
+                                          # (ceil(N/b) batches, each the first b of a fresh shuffle: reference)
     lr: Optional[float] = None            # None: the set's learned lrs (buffer.lr_teacher for coresets)
+    shared_lr: bool = False               # the image lr for both towers (VL-distill's evaluation)
     full_lr: Optional[float] = None       # lr of the `full` upper bound; None: buffer.lr_teacher
     momentum: float = 0.9
     weight_decay: float = 5e-4
     augment: str = "none"                 # augmentation of the set's images in training: none | flip | flip_crop
-    val_every: int = 10                   # evaluate on val every k epochs (epoch selection)
-    selection: str = "val"                # val | test (the reference's best-on-test; labelled so)
+    val_every: int = 10                   # score every k epochs (epoch selection)
+    first_scored_epoch: Optional[int] = None  # mode: first epoch scored (reference 1: epochs 1, 11, ...; ours val_every)
+    selection: Optional[str] = None       # mode: val | test (best on TEST, LoRS; labelled so) | final
+    std: Optional[str] = None             # mode: sample (n - 1) | population (n, reference) std over seeds
     methods: list[str] = field(default_factory=lambda: ["lors", "lors-identity", "random", "full"])  # registered methods
     coreset_space: str = "image"          # herding / kcenter features: image | text | joint
     coreset_expert: Optional[int] = None  # expert whose last stored snapshot embeds the data; None: the first
     towers: dict[str, EvalTowerConfig] = field(default_factory=dict)  # more towers (cross-architecture)
 
     def __post_init__(self) -> None:
-        _positive(self, "num_eval", "epochs", "full_epochs", "batch_size", "val_every")
-        _choice(self, "selection", ("val", "test"))
+        _positive(self, "num_eval", "epochs", "lr_drop_epoch", "full_epochs", "batch_size",
+                  "val_every", "first_scored_epoch")
+        _choice(self, "selection", SELECTIONS)
+        _choice(self, "std", ("sample", "population"))
+        _choice(self, "batch_sampler", ("partition", "shuffle_head"))
         _choice(self, "coreset_space", ("image", "text", "joint"))
         _registered(self, "augment", "augmentation")
         _check_methods(self.methods, "eval.methods")
@@ -238,6 +275,7 @@ class EvalConfig:
 class Config:
     run_dir: str = "runs/default"         # where every stage of this run reads and writes
     seed: int = 0                         # every seed of the run (experts, distill, eval) derives from it
+    fidelity: str = "vldistill"           # reference: the authors' scripts exactly | vldistill: ours (README)
     device: str = "auto"                  # auto | cpu | cuda | cuda:N
     threads: int = 0                      # torch.set_num_threads; 0 leaves torch's default
     amp: str = "none"                     # none | bf16: autocast for experts and evaluation (not distill)
@@ -252,34 +290,43 @@ class Config:
     def __post_init__(self) -> None:
         if self.seed < 0:
             raise ConfigError(f"seed must be >= 0 (every stage's seeds are derived from it), got {self.seed}")
+        _choice(self, "fidelity", FIDELITY_MODES)
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, not {self.device!r}")
         _choice(self, "amp", ("none", "bf16"))
         if self.threads < 0:
             raise ConfigError(f"threads must be >= 0 (0: torch's default), got {self.threads}")
+        from .fidelity import resolve
+        resolve(self)
         last = self.distill.last_epoch_used
         if last > self.buffer.epochs:
             raise ConfigError(
                 f"distill.max_start_epoch - 1 + distill.expert_epochs = {last} exceeds "
                 f"buffer.epochs = {self.buffer.epochs}: train experts longer or lower the start epoch")
+        d = self.distill
+        if d.learn_lr and d.lr_param == "linear" and d.clamp_lr and d.lr_teacher < d.min_lr:
+            raise ConfigError(f"distill.lr_teacher ({d.lr_teacher}) is below distill.min_lr "
+                              f"({d.min_lr}), where linear lrs are clamped: lower min_lr")
 
 
 def _positive(obj: Any, *names: str) -> None:
     for name in names:
-        if getattr(obj, name) <= 0:
-            raise ConfigError(f"{_section(obj)}{name} must be > 0, got {getattr(obj, name)}")
+        value = getattr(obj, name)
+        if value is not None and value <= 0:
+            raise ConfigError(f"{_section(obj)}{name} must be > 0, got {value}")
 
 
 def _non_negative(obj: Any, *names: str) -> None:
     for name in names:
-        if getattr(obj, name) < 0:
-            raise ConfigError(f"{_section(obj)}{name} must be >= 0, got {getattr(obj, name)}")
+        value = getattr(obj, name)
+        if value is not None and value < 0:
+            raise ConfigError(f"{_section(obj)}{name} must be >= 0, got {value}")
 
 
 def _choice(obj: Any, name: str, options: tuple[str, ...]) -> None:
-    if getattr(obj, name) not in options:
-        raise ConfigError(f"{_section(obj)}{name} must be one of {', '.join(options)}; "
-                          f"got {getattr(obj, name)!r}")
+    value = getattr(obj, name)
+    if value is not None and value not in options:
+        raise ConfigError(f"{_section(obj)}{name} must be one of {', '.join(options)}; got {value!r}")
 
 
 def _registry(kind: str):
@@ -298,6 +345,8 @@ def _registry(kind: str):
         from .augment import AUGMENTATIONS as registry
     elif kind == "method":
         from .methods import METHODS as registry
+    elif kind == "matching":
+        from .matching import MATCHERS as registry
     else:
         raise KeyError(kind)
     return registry
@@ -321,84 +370,9 @@ def _section(obj: Any) -> str:
     return _SECTIONS.get(type(obj).__name__, "")
 
 
-def _all_keys(node: Any, prefix: str = "") -> list[str]:
-    keys = []
-    for key, value in node.items():
-        full = f"{prefix}{key}"
-        keys.append(full)
-        if isinstance(value, (dict, DictConfig)):
-            keys.extend(_all_keys(value, full + "."))
-    return keys
+# loading lives in configio (it needs Config defined first); re-exported for `from .config import`
+from .configio import config_from_dict, load_config, to_yaml, with_overrides  # noqa: E402
 
-
-def _unknown_key_message(bad: str) -> str:
-    valid = _all_keys(OmegaConf.to_container(OmegaConf.structured(Config)))
-    close = difflib.get_close_matches(bad, valid, n=1, cutoff=0.5)
-    leaf = bad.rsplit(".", 1)[-1]
-    if not close:
-        close = [k for k in valid if k.rsplit(".", 1)[-1] == leaf][:1]
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    return f"unknown config key {bad!r}{hint}"
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Merge defaults, a YAML file and `key=value` overrides into a validated `Config`."""
-    layers = []
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} not found")
-        layers.append((f"config file {str(path)!r}", lambda: _load_yaml(path)))
-    return _merge(OmegaConf.structured(Config), layers + _dotlist_layers(overrides or []))
-
-
-def with_overrides(cfg: Config, overrides: list[str]) -> Config:
-    """A copy of `cfg` with `key=value` overrides applied and validated again (methods use this
-    to state the settings their sets are distilled and evaluated with)."""
-    return _merge(OmegaConf.structured(cfg), _dotlist_layers(overrides))
-
-
-def _dotlist_layers(overrides: list[str]) -> list:
-    layers = []
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} is not of the form key=value")
-        layers.append((f"override {item!r}", lambda item=item: OmegaConf.from_dotlist([item])))
-    return layers
-
-
-def _merge(merged: DictConfig, layers: list) -> Config:
-    """Merge (source, make_layer) layers in order; omegaconf's errors become one-line ConfigErrors."""
-    source = "the defaults"             # which layer is being merged, for errors without a key
-    try:
-        for source, make in layers:
-            merged = OmegaConf.merge(merged, make())
-        return OmegaConf.to_object(merged)
-    except ConfigKeyError as err:
-        key = getattr(err, "full_key", None) or str(err).split("'")[1]
-        raise ConfigError(_unknown_key_message(str(key))) from None
-    except ConfigError:
-        raise
-    except OmegaConfBaseException as err:
-        key = getattr(err, "full_key", None)
-        reason = str(err).splitlines()[0]
-        raise ConfigError(f"{f'config key {key!r}' if key else source}: {reason}") from None
-
-
-def _load_yaml(path: Path):
-    import yaml
-    try:
-        return OmegaConf.load(path)
-    except yaml.YAMLError as err:
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML: "
-                          f"{' '.join(str(err).split())}") from None
-
-
-def to_yaml(cfg: Config) -> str:
-    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
-
-
-def config_from_dict(values: dict, source: str, overrides: list[str] | None = None) -> Config:
-    """A `Config` from a plain dict (e.g. the one a set's card records), validated like a file."""
-    return _merge(OmegaConf.structured(Config),
-                  [(source, lambda: OmegaConf.create(values))] + _dotlist_layers(overrides or []))
+__all__ = ["BATCHNORM_MODES", "Config", "ConfigError", "DataConfig", "DistillConfig", "EvalConfig",
+           "EvalTowerConfig", "FIDELITY_MODES", "ModelConfig", "BufferConfig", "SELECTIONS",
+           "config_from_dict", "load_config", "to_yaml", "with_overrides"]

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import Config
+from .data import PreparedData
 from .errors import UnknownNameError, UserError
 from .trajectories import TrajectoryStore, store_manifest
 from .models.student import DualEncoder, FunctionalStudent, build_student
@@ -107,7 +109,8 @@ class ExpertEmbeddings:
     epoch: int
 
 
-def load_expert(cfg, data, store: TrajectoryStore, expert: int | None = None) -> tuple[DualEncoder, int, int]:
+def load_expert(cfg: Config, data: PreparedData, store: TrajectoryStore,
+                expert: int | None = None) -> tuple[DualEncoder, int, int]:
     """A student holding the last stored snapshot of `expert` (default: the first stored one)."""
     reference = build_student(cfg.model, data.dataset.image_size, data.text_dim, seed=0)
     manifest = store.check(store_manifest(cfg, data, reference))
@@ -143,7 +146,7 @@ def _recalibrate_batchnorm(model: DualEncoder, split, device: torch.device, batc
         model.image_tower(split.images.get_batch(idx).to(device))
 
 
-def expert_embeddings(cfg, data, store: TrajectoryStore, device: torch.device,
+def expert_embeddings(cfg: Config, data: PreparedData, store: TrajectoryStore, device: torch.device,
                       expert: int | None = None) -> ExpertEmbeddings:
     model, k, epoch = load_expert(cfg, data, store, expert)
     model = model.to(device)
@@ -175,7 +178,7 @@ def best_captions(emb: ExpertEmbeddings, img2txt: list[list[int]], images: list[
     return out
 
 
-def select_coreset(method: str, emb: ExpertEmbeddings, data, n: int, space: str, lr: float,
+def select_coreset(method: str, emb: ExpertEmbeddings, data: PreparedData, n: int, space: str, lr: float,
                    generator: torch.Generator) -> DistilledSet:
     """n real pairs chosen by `method` (herding | kcenter) as a set with identity similarity."""
     if method not in SELECTORS:

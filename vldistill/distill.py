@@ -33,7 +33,7 @@ from .errors import NonFiniteError, UserError
 from .trajectories import TrajectoryStore, store_manifest
 from .interrupts import deferred_interrupts
 from .io import append_jsonl, remove_leftover_temps
-from .matching import sample_batches, tesla_match
+from .matching import MATCHERS, MatchOptions, sample_batches
 from .memory import check_distill_fits
 from .models.student import FunctionalStudent, build_student
 from .similarity import build_similarity
@@ -47,9 +47,13 @@ __all__ = ["Distiller", "NonFiniteError", "init_synthetic", "run_distill"]
 
 def init_synthetic(cfg: Config, data: PreparedData,
                    generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    """N pairs: random real images with one of their captions (`init: real`), or noise."""
-    images, texts, captions = data.real_pairs(cfg.distill.n_pairs, generator)
-    if cfg.distill.init == "noise":
+    """N real pairs (`init: real`: distinct images with one of their captions, or distinct caption
+    entries -- `distill.init_draw` -- as their plain or augmented image), or noise."""
+    d = cfg.distill
+    draw = data.real_pairs if d.init_draw == "images" else data.real_entries
+    with seeds.seeded(int(torch.randint(2 ** 62, (1,), generator=generator))):    # augmentation draws
+        images, texts, captions = draw(d.n_pairs, generator, augment=d.init_augment)
+    if d.init == "noise":
         images = torch.randn(images.shape, generator=generator)
         mean, std = data.text["train"].mean(0), data.text["train"].std(0)
         texts = mean + std * torch.randn(texts.shape, generator=generator)
@@ -73,6 +77,7 @@ class Distiller:
                             "lower distill.max_start_epoch/expert_epochs or rebuild the buffer "
                             "(a new buffer.dir) with these settings")
         self.experts = store.experts()
+        self.expert_queue: list[int] = []           # expert_order cycle: this pass's experts left
         self.generator = seeds.generator(cfg.seed, "distill")
         images, texts, self.init_captions = init_synthetic(cfg, data, self.generator)
         self.images = images.to(device).requires_grad_(True)
@@ -90,7 +95,8 @@ class Distiller:
             groups.append({"params": [self.lr_raw], "lr": d.lr_lr, "momentum": d.momentum_lr})
         self.optimizer = torch.optim.SGD(groups, lr=d.lr_img)
         self.student = FunctionalStudent(build_student(cfg.model, data.dataset.image_size,
-                                                       data.text_dim, seed=0).to(device))
+                                                       data.text_dim, seed=0).to(device), d.logit_scale)
+        self.options = MatchOptions(d.loss, d.loss_eps, d.merge_branches, d.lr_grad)
         self.ema = [t.detach().clone() for t in self._exported()] if d.ema_decay > 0 else None
         self.iteration, self.bad_in_a_row, self.skipped = 0, 0, 0
         self.best = BestSoFar()
@@ -110,22 +116,30 @@ class Distiller:
         self.lr_raw.grad = grad
 
     # ---------------------------------------------------------------- one iteration
+    def _next_expert(self) -> int:
+        """random: any expert; cycle: each once per pass, in a fresh shuffled order per pass."""
+        if self.d.expert_order == "random":
+            return self.experts[int(torch.randint(len(self.experts), (1,), generator=self.generator))]
+        if not self.expert_queue:
+            self.expert_queue = [self.experts[i] for i in torch.randperm(len(self.experts),
+                                                                         generator=self.generator)]
+        return self.expert_queue.pop(0)
+
     def step(self) -> dict:
         """One matching iteration and update; returns the metrics record it logged."""
         d, start_time = self.d, time.time()
-        expert = self.experts[int(torch.randint(len(self.experts), (1,), generator=self.generator))]
+        expert = self._next_expert()
         start_epoch = int(torch.randint(d.min_start_epoch, d.max_start_epoch, (1,), generator=self.generator))
-        batches = sample_batches(d.n_pairs, d.mini_batch, d.syn_steps, self.generator)
+        batches = sample_batches(d.n_pairs, d.mini_batch, d.syn_steps, self.generator, d.batch_draw)
         step_seeds = torch.randint(2 ** 62, (d.syn_steps,), generator=self.generator).tolist()
         begin = self.store.load(expert, start_epoch)
         end = self.store.load(expert, start_epoch + d.expert_epochs)
         lr_img, lr_txt = self.lrs()
         self.optimizer.zero_grad(set_to_none=True)
-        result = tesla_match(self.student, self.images, self.texts, self.similarity, lr_img, lr_txt,
-                             (begin.image.to(self.device), begin.text.to(self.device)),
-                             (end.image.to(self.device), end.text.to(self.device)),
-                             [b.to(self.device) for b in batches], d.loss, d.merge_branches,
-                             step_seeds)
+        result = MATCHERS.get(d.matching)(self.student, self.images, self.texts, self.similarity, lr_img, lr_txt,
+                                          (begin.image.to(self.device), begin.text.to(self.device)),
+                                          (end.image.to(self.device), end.text.to(self.device)),
+                                          [b.to(self.device) for b in batches], self.options, step_seeds)
         self._set_lr_grad(result.grad_lr_img, result.grad_lr_txt)
         finite = math.isfinite(result.loss) and all(
             bool(torch.isfinite(p.grad).all()) for g in self.optimizer.param_groups
@@ -163,7 +177,8 @@ class Distiller:
 
     @torch.no_grad()
     def _keep_lrs_valid(self, before: tuple[torch.Tensor, torch.Tensor | None]) -> str | None:
-        """Undo an lr update that is non-finite or above max_lr; clamp a linear lr at min_lr.
+        """Undo an lr update that is non-finite or above max_lr; clamp a linear lr at min_lr
+        (unless distill.clamp_lr is off, as in the reference).
 
         Returns "rejected", "clamped" or None, for the metrics record.
         """
@@ -186,7 +201,7 @@ class Distiller:
             else:
                 state["momentum_buffer"].copy_(before[1])
             return "rejected"
-        if self.d.lr_param == "linear" and bool((self.lr_raw < self.d.min_lr).any()):
+        if self.d.lr_param == "linear" and self.d.clamp_lr and bool((self.lr_raw < self.d.min_lr).any()):
             log.warning("iteration %d: a learned lr fell to %s, clamped at distill.min_lr=%g "
                         "(distill.lr_param=log keeps lrs positive without a clamp)",
                         self.iteration + 1, self.lr_raw.tolist(), self.d.min_lr)
@@ -222,7 +237,8 @@ class Distiller:
         """The set as it stands (`current_values`), or as given by `values`."""
         values = values if values is not None else self.current_values()
         images, texts, *sim_values, lr_raw = [v.clone().cpu() for v in values]
-        sim = build_similarity(self.sim_kind, self.d.n_pairs, self.d.rank, self.d.alpha)
+        with seeds.seeded(0):           # (its random initialization is overwritten just below)
+            sim = build_similarity(self.sim_kind, self.d.n_pairs, self.d.rank, self.d.alpha)
         for param, value in zip(sim.parameters(), sim_values):
             param.copy_(value)
         lrs = lr_raw.exp() if self.d.lr_param == "log" else lr_raw
@@ -238,6 +254,7 @@ class Distiller:
         if self.ema is not None:
             state.update({f"ema.{i}": t for i, t in enumerate(self.ema)})
         state["generator"] = self.generator.get_state()
+        state["expert_queue"] = torch.tensor(self.expert_queue, dtype=torch.long)
         state["counters"] = torch.tensor([self.iteration, self.bad_in_a_row, self.skipped])
         return state | self.best.state_tensors()
 
@@ -253,6 +270,7 @@ class Distiller:
             for i, t in enumerate(self.ema):
                 t.copy_(state[f"ema.{i}"])
         self.generator.set_state(state["generator"])
+        self.expert_queue = state["expert_queue"].tolist()
         self.iteration, self.bad_in_a_row, self.skipped = (int(v) for v in state["counters"])
         self.best.load(state)
 
@@ -286,6 +304,8 @@ def run_distill(cfg: Config, data: PreparedData, store: TrajectoryStore, set_pat
     total = cfg.distill.iterations
     with tqdm(total=total, initial=distiller.iteration, desc=f"distill {method}", unit="it") as bar, \
             deferred_interrupts() as interrupt:
+        if distiller.iteration == 0:
+            _evaluate_during(distiller, card, data, metrics_path)
         while distiller.iteration < total:
             try:
                 record = distiller.step()
@@ -295,6 +315,7 @@ def run_distill(cfg: Config, data: PreparedData, store: TrajectoryStore, set_pat
             append_jsonl(metrics_path, record)
             bar.set_postfix(loss=f"{record['loss']:.3f}", lr_img=f"{record['lr_img']:.3g}")
             bar.update(1)
+            _evaluate_during(distiller, card, data, metrics_path)
             window_end = distiller.iteration % cfg.distill.checkpoint_every == 0 or distiller.iteration == total
             if window_end:
                 distiller.best.close_window(distiller.current_values(), distiller.iteration)
@@ -314,6 +335,20 @@ def run_distill(cfg: Config, data: PreparedData, store: TrajectoryStore, set_pat
             "best_window_loss": distiller.best.loss}, values=distiller.best.values)
         best.save(set_path.with_name(set_path.name + "_best"))
     return synthetic
+
+
+def _evaluate_during(distiller: Distiller, card: dict, data: PreparedData, metrics_path: Path) -> None:
+    """distill.eval_every > 0: score the set as it stands (as the reference code does every
+    eval_it iterations, from iteration 0), with the method's evaluation; logged, never selected on."""
+    every = distiller.d.eval_every
+    if not every or distiller.iteration % every:
+        return
+    from .methods import EvalContext, evaluate_method
+    ctx = EvalContext(distiller.cfg, data, distiller.device, {distiller.method: distiller.export(card)})
+    summary = evaluate_method(ctx, distiller.method, configured=True)
+    append_jsonl(metrics_path, {"stage": "distill_eval", "method": distiller.method,
+                                "it": distiller.iteration, "r_mean": summary["r_mean"],
+                                "r_mean_std": summary["r_mean_std"], "selection": summary["selection"]})
 
 
 def _checkpoint(distiller: Distiller, path: Path) -> None:

@@ -25,14 +25,15 @@ from .config import Config
 from .data import PreparedData
 from .errors import MissingFileError, UserError
 from .models.student import DualEncoder, build_student
-from .seeds import derive_seed
+from .seeds import derive_seed, seeded
 from .synset import DistilledSet
 from .similarity import IdentitySimilarity
 from .training import contrastive_step, retrieval_metrics, sgd_for_student, train_epoch_on_pairs
 
 log = logging.getLogger(__name__)
 
-SELECTION_LABELS = {"val": "epoch chosen on val", "test": "best epoch on TEST (reference protocol)"}
+SELECTION_LABELS = {"val": "epoch chosen on val", "test": "best epoch on TEST (reference protocol)",
+                    "final": "final epoch (no selection)"}
 
 
 @dataclass
@@ -53,6 +54,7 @@ class EvalTower:
     lr: float | None                # None: the set's learned lrs
     full_lr: float
     epochs: int
+    lr_drop_epoch: int              # lr x0.1 after this many epochs
     full_epochs: int
     batch_size: int
     augment: str
@@ -75,8 +77,8 @@ def eval_towers(cfg: Config) -> list[EvalTower]:
     e = cfg.eval
     full_lr = e.full_lr if e.full_lr is not None else cfg.buffer.lr_teacher
     towers = [EvalTower(cfg.model.image_tower, cfg.model.image_tower, cfg.model.pretrained_path,
-                        e.lr, full_lr, e.epochs, e.full_epochs, e.batch_size, e.augment,
-                        tuple(e.methods), distilled_on=True)]
+                        e.lr, full_lr, e.epochs, e.lr_drop_epoch, e.full_epochs, e.batch_size,
+                        e.augment, tuple(e.methods), distilled_on=True)]
     for key, t in e.towers.items():
         if key == cfg.model.image_tower:
             raise UserError(f"eval.towers.{key}: that key is the distilled-on tower's results key; "
@@ -88,22 +90,32 @@ def eval_towers(cfg: Config) -> list[EvalTower]:
 
         def pick(value, default):
             return default if value is None else value
+        epochs = pick(t.epochs, e.epochs)           # the lr drop keeps its place in the schedule
         towers.append(EvalTower(key, t.image_tower or key, t.pretrained_path, pick(t.lr, e.lr),
-                                pick(t.full_lr, full_lr), pick(t.epochs, e.epochs),
+                                pick(t.full_lr, full_lr), epochs, round(epochs * e.lr_drop_epoch / e.epochs),
                                 pick(t.full_epochs, e.full_epochs), pick(t.batch_size, e.batch_size),
                                 pick(t.augment, e.augment), tuple(pick(t.methods, e.methods))))
     return towers
 
 
+def scored_epochs(epochs: int, first: int, every: int) -> list[int]:
+    """The epochs after which a student is scored: first, first + every, ..., and the last."""
+    return sorted(set(range(first, epochs + 1, every)) | {epochs})
+
+
 class _EpochSelector:
-    """Keeps the student state of the best epoch on the selection split."""
+    """Keeps the student state of the best epoch on the selection split (selection `final`:
+    the last epoch, scored once)."""
 
     def __init__(self, model: DualEncoder, data: PreparedData, selection: str, device: torch.device):
-        self.model, self.data, self.device = model, data, device
+        self.model, self.data, self.device, self.selection = model, data, device, selection
         self.split = "val" if selection == "val" else "test"
         self.best_score, self.best_epoch, self.best_state = float("-inf"), 0, None
 
     def observe(self, epoch: int) -> float:
+        if self.selection == "final":       # nothing is chosen: remember only which epoch was last
+            self.best_epoch, self.best_state = epoch, {}
+            return float("nan")
         score = retrieval_metrics(self.model, self.data.split(self.split), self.data.text[self.split],
                                   self.device)["r_mean"]
         if score > self.best_score:         # ties keep the earlier epoch
@@ -116,38 +128,51 @@ class _EpochSelector:
             raise RuntimeError("no epoch was observed: the student was never scored")
         test = self.data.split("test"), self.data.text["test"]
         final = retrieval_metrics(self.model, *test, self.device)
+        if self.selection == "final":
+            return SeedResult(final, final, self.best_epoch, self.best_score)
         self.model.load_state_dict(self.best_state)
         selected = retrieval_metrics(self.model, *test, self.device)
         return SeedResult(selected, final, self.best_epoch, self.best_score)
 
 
+def epoch_batches(n: int, batch_size: int, sampler: str, generator: torch.Generator) -> list[torch.Tensor]:
+    """One epoch's mini-batches of a set of n: a partition of a shuffle (each pair once), or
+    shuffle_head: ceil(n / b) batches, each the first b of a fresh shuffle (the LoRS code)."""
+    if sampler == "shuffle_head":
+        return [torch.randperm(n, generator=generator)[:batch_size] for _ in range(-(-n // batch_size))]
+    return list(torch.randperm(n, generator=generator).split(batch_size))
+
+
 def train_on_set(cfg: Config, data: PreparedData, synthetic: DistilledSet, seed: int, device: torch.device,
                  tower: EvalTower | None = None, loss_kind: str | None = None) -> SeedResult:
-    """Algorithm 2: a fresh student trained on a (distilled or coreset) set; val-selected result.
+    """Algorithm 2: a fresh student trained on a (distilled or coreset) set; the result at the
+    epoch `eval.selection` picks, and at the last epoch.
 
     `tower` picks the student's image tower and recipe (default: the distilled-on tower).
     """
     e, tower = cfg.eval, tower or eval_towers(cfg)[0]
     model = prepare_student(tower.build(cfg, data, seed), device, cfg.amp)
     lr_img = tower.lr if tower.lr is not None else synthetic.lr_img
-    lr_txt = tower.lr if tower.lr is not None else synthetic.lr_txt
+    lr_txt = lr_img if tower.lr is not None or e.shared_lr else synthetic.lr_txt
     optimizer = sgd_for_student(model, lr_img, lr_txt, e.momentum, e.weight_decay)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, [tower.epochs // 2], gamma=0.1)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, [tower.lr_drop_epoch], gamma=0.1)
     images, texts = synthetic.images.to(device), synthetic.text_embeddings.to(device)
     similarity = synthetic.similarity.to(device)
     kind = loss_kind or synthetic.card.get("loss", "infonce")
     generator = torch.Generator().manual_seed(seed)
     selector = _EpochSelector(model, data, e.selection, device)
+    scored = set(scored_epochs(tower.epochs, e.first_scored_epoch, e.val_every))
     for epoch in range(1, tower.epochs + 1):
         model.train()
-        for idx in torch.randperm(len(images), generator=generator).split(tower.batch_size):
-            idx = idx.to(device)
-            with torch.no_grad():
-                target = similarity.matrix(idx).to(device)
-            batch = augment(images[idx], tower.augment, generator)
-            contrastive_step(model, optimizer, batch, texts[idx], target, kind)
+        with seeded(derive_seed(seed, "epoch", epoch), device):        # dropout draws
+            for idx in epoch_batches(len(images), tower.batch_size, e.batch_sampler, generator):
+                idx = idx.to(device)
+                with torch.no_grad():
+                    target = similarity.matrix(idx).to(device)
+                batch = augment(images[idx], tower.augment, generator)
+                contrastive_step(model, optimizer, batch, texts[idx], target, kind, cfg.distill.loss_eps)
         scheduler.step()
-        if epoch % e.val_every == 0 or epoch == tower.epochs:
+        if epoch in scored:
             selector.observe(epoch)
     return selector.result()
 

@@ -18,6 +18,7 @@ from . import __version__, distributed
 from .accel import prepare_student
 from .config import Config
 from .data import PreparedData
+from .errors import UserError
 from .models.student import FunctionalStudent, build_student
 from .seeds import derive_seed
 from .training import retrieval_metrics, sgd_for_student, train_epoch_on_pairs
@@ -40,14 +41,15 @@ def train_expert(k: int, cfg: Config, data: PreparedData, device: torch.device,
     history = []
     per_epoch = (data.dataset.train.n_images if cfg.buffer.pairs_per_epoch == "images"
                  else len(data.dataset.train.caption_image))
-    steps = -(-per_epoch // cfg.buffer.batch_size)
+    steps = (per_epoch // cfg.buffer.batch_size if cfg.buffer.drop_last
+             else -(-per_epoch // cfg.buffer.batch_size))
     start = time.time()
     with tqdm(total=steps * cfg.buffer.epochs, desc=f"expert {k}", unit="step", leave=False) as bar:
         for epoch in range(1, cfg.buffer.epochs + 1):
             loss = train_epoch_on_pairs(model, optimizer, data.dataset.train, data.text["train"],
-                                        cfg.buffer.batch_size, derive_seed(cfg.seed, "expert-epoch", k, epoch), device,
-                                        cfg.data.num_workers, bar,
-                                        cfg.buffer.pairs_per_epoch)
+                                        cfg.buffer.batch_size, derive_seed(cfg.seed, "expert-epoch", k, epoch),
+                                        device, cfg.data.num_workers, bar, cfg.buffer.pairs_per_epoch,
+                                        cfg.buffer.drop_last, noisy_text_features(cfg, data))
             val = retrieval_metrics(model, data.dataset.val, data.text["val"], device)
             history.append({"epoch": epoch, "loss": loss, **val})
             log.info("expert %d epoch %d: loss %.3f, val r_mean %.2f (IR@1 %.1f, TR@1 %.1f)",
@@ -62,6 +64,21 @@ def train_expert(k: int, cfg: Config, data: PreparedData, device: torch.device,
     path = store.write_expert(k, snapshots, metrics)
     log.info("expert %d stored: epochs %s, %.1f MB", k, sorted(snapshots), path.stat().st_size / 2**20)
     return metrics
+
+
+def noisy_text_features(cfg: Config, data: PreparedData):
+    """buffer.text_dropout: caption indices -> the text tower's features in train mode (dropout
+    on), computed per batch as the reference's experts do; None: the cached clean features."""
+    if not cfg.buffer.text_dropout:
+        return None
+    if data.tower is None:
+        raise UserError("buffer.text_dropout needs the text tower itself (prepare the data with "
+                        "vldistill.data.prepare_data)")
+    captions = data.dataset.train.captions
+
+    def features(idx: torch.Tensor) -> torch.Tensor:
+        return data.tower.encode([captions[i] for i in idx.tolist()], len(idx), train=True)
+    return features
 
 
 def run_buffer(cfg: Config, data: PreparedData, device: torch.device, store: TrajectoryStore, rank: int = 0,

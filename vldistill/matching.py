@@ -1,4 +1,4 @@
-"""One bi-trajectory matching iteration in TESLA's constant-memory form.
+"""One bi-trajectory matching iteration: TESLA's constant-memory form, and MTT's full unroll.
 
 From an expert snapshot (phi_s, psi_s) the student takes T SGD steps on synthetic
 mini-batches, phi_{t+1} = phi_t - eta_img g_t (and psi likewise with eta_txt), and should land
@@ -20,15 +20,21 @@ phi_t (tests/test_matching.py checks this).
 
 Randomness inside a student step (dropout in the text head) is drawn from a per-step seed, the
 same in both passes, so pass 2 differentiates exactly the g_t that pass 1 summed into G.
+
+`unroll_match` is the form VL-distill uses: the whole graph of the T steps is kept and
+differentiated without stop-gradient (memory grows with T). Both are registered in `MATCHERS`
+(`distill.matching`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
 from .losses import soft_contrastive_loss
 from .models.student import FunctionalStudent
+from .registry import Registry
 from .seeds import seeded
 from .similarity import Similarity
 
@@ -47,8 +53,12 @@ class MatchResult:
     grad_lr_txt: float
 
 
-def sample_batches(n: int, batch: int, steps: int, generator: torch.Generator) -> list[torch.Tensor]:
-    """T mini-batches drawn without replacement, reshuffling when a pass over the set runs out."""
+def sample_batches(n: int, batch: int, steps: int, generator: torch.Generator,
+                   draw: str = "walk") -> list[torch.Tensor]:
+    """T mini-batches. walk (LoRS): consecutive chunks of a permutation, reshuffling when a pass
+    over the set runs out; fresh (VL-distill): each the first `batch` of a new permutation."""
+    if draw == "fresh":
+        return [torch.randperm(n, generator=generator)[:batch] for _ in range(steps)]
     batches, order, pos = [], torch.randperm(n, generator=generator), 0
     for _ in range(steps):
         if pos + batch > n:
@@ -81,11 +91,29 @@ def _step_gradients(student: FunctionalStudent, position: list[torch.Tensor], x:
     return list(torch.autograd.grad(loss, leaves, create_graph=create_graph, materialize_grads=True))
 
 
+@dataclass(frozen=True)
+class MatchOptions:
+    """How an iteration matches (the same for every iteration of a run)."""
+
+    loss: str = "infonce"           # the student steps' contrastive loss (`vldistill.losses`)
+    loss_eps: float = 0.0           # that loss's eps (0: exact)
+    merge_branches: bool = False    # one ratio with summed numerators and denominators
+    lr_grad: str = "exact"          # exact: d(matching loss)/d(lr) | branch: each lr from its own
+                                    # branch's ratio, also when merged (the LoRS code)
+
+
+def _ratios(res_img: torch.Tensor, res_txt: torch.Tensor, dist_img: torch.Tensor, dist_txt: torch.Tensor,
+            merge: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each branch's share of the matching loss, and the denominators it used."""
+    denom_img, denom_txt = (dist_img + dist_txt,) * 2 if merge else (dist_img, dist_txt)
+    return res_img.pow(2).sum() / denom_img, res_txt.pow(2).sum() / denom_txt, denom_img, denom_txt
+
+
 def tesla_match(student: FunctionalStudent, images: torch.Tensor, texts: torch.Tensor,
                 similarity: Similarity, lr_img: float, lr_txt: float,
                 start: tuple[torch.Tensor, torch.Tensor], target: tuple[torch.Tensor, torch.Tensor],
-                batches: list[torch.Tensor], loss_kind: str, merge_branches: bool = False,
-                step_seeds: list[int] | None = None, loss_eps: float = 0.0) -> MatchResult:
+                batches: list[torch.Tensor], options: MatchOptions,
+                step_seeds: list[int] | None = None) -> MatchResult:
     """Run one matching iteration; accumulate d(loss)/d(images, texts, similarity) into `.grad`.
 
     Args:
@@ -95,10 +123,8 @@ def tesla_match(student: FunctionalStudent, images: torch.Tensor, texts: torch.T
         lr_img, lr_txt: the current student lrs (eta), as plain numbers.
         start: (phi_s, psi_s) expert snapshot; target: (phi*, psi*) the snapshot M epochs later.
         batches: the T index sets of the synthetic mini-batches (see `sample_batches`).
-        loss_kind: contrastive loss of the student steps (see `vldistill.losses`).
-        merge_branches: one ratio with summed numerators and denominators.
+        options: loss, merged branches, lr-gradient rule (`MatchOptions`).
         step_seeds: the seed of each step's random draws (dropout); default: step t uses t.
-        loss_eps: the loss's eps (`vldistill.losses`; 0: exact).
     """
     step_seeds = list(range(len(batches))) if step_seeds is None else step_seeds
     phi_s, psi_s = (p.detach() for p in start)
@@ -115,8 +141,8 @@ def tesla_match(student: FunctionalStudent, images: torch.Tensor, texts: torch.T
     for idx, seed in zip(batches, step_seeds):
         with torch.no_grad():
             soft_target = similarity.matrix(idx).to(x_all.device)
-        g = _step_gradients(student, position, x_all[idx], y_all[idx], soft_target, loss_kind,
-                            False, seed, loss_eps)
+        g = _step_gradients(student, position, x_all[idx], y_all[idx], soft_target, options.loss,
+                            False, seed, options.loss_eps)
         torch._foreach_add_(grad_sum, g)
         torch._foreach_sub_(position, torch._foreach_mul(g, lrs))      # phi - lr * g
 
@@ -125,12 +151,8 @@ def tesla_match(student: FunctionalStudent, images: torch.Tensor, texts: torch.T
     res_txt = psi_s - lr_txt * grad_sum_txt - psi_star
     dist_img = (phi_s - phi_star).pow(2).sum()
     dist_txt = (psi_s - psi_star).pow(2).sum()
-    if merge_branches:
-        denom_img = denom_txt = dist_img + dist_txt
-    else:
-        denom_img, denom_txt = dist_img, dist_txt
-    loss_img = res_img.pow(2).sum() / denom_img
-    loss_txt = res_txt.pow(2).sum() / denom_txt
+    loss_img, loss_txt, denom_img, denom_txt = _ratios(res_img, res_txt, dist_img, dist_txt,
+                                                       options.merge_branches)
     coef_img = -2.0 * lr_img * res_img / denom_img          # dL/dG_img
     coef_txt = -2.0 * lr_txt * res_txt / denom_txt
 
@@ -143,7 +165,8 @@ def tesla_match(student: FunctionalStudent, images: torch.Tensor, texts: torch.T
         y = y_all[idx].requires_grad_(texts.requires_grad)
         sim_batch = [p.detach().requires_grad_(learn_sim) for p in similarity.params(idx)]
         soft_target = similarity.matrix_from(sim_batch, len(idx)).to(x_all.device)
-        g = _step_gradients(student, position, x, y, soft_target, loss_kind, True, seed, loss_eps)
+        g = _step_gradients(student, position, x, y, soft_target, options.loss, True, seed,
+                            options.loss_eps)
         wrt = [t for t in (x, y, *sim_batch) if t.requires_grad]
         linked = [(g_p, c_p) for g_p, c_p in zip(g, coef) if g_p.requires_grad]
         if wrt and linked:  # d<c, g_t>/d(x, y, S_I): c enters as grad_outputs, no product is formed
@@ -157,11 +180,54 @@ def tesla_match(student: FunctionalStudent, images: torch.Tensor, texts: torch.T
                 similarity.add_grad(idx, list(grads))
         torch._foreach_sub_(position, torch._foreach_mul([g_p.detach() for g_p in g], lrs))
 
+    # d(ratio)/d(eta) = -2 <res, G> / denom, per branch (the LoRS code's denominators on request)
+    lr_denom_img, lr_denom_txt = (dist_img, dist_txt) if options.lr_grad == "branch" else (denom_img, denom_txt)
     return MatchResult(
         loss=float(loss_img + loss_txt), loss_img=float(loss_img), loss_txt=float(loss_txt),
-        grad_lr_img=float(-2.0 * (res_img * grad_sum_img).sum() / denom_img),
-        grad_lr_txt=float(-2.0 * (res_txt * grad_sum_txt).sum() / denom_txt),
+        grad_lr_img=float(-2.0 * (res_img * grad_sum_img).sum() / lr_denom_img),
+        grad_lr_txt=float(-2.0 * (res_txt * grad_sum_txt).sum() / lr_denom_txt),
     )
+
+
+def unroll_match(student: FunctionalStudent, images: torch.Tensor, texts: torch.Tensor,
+                 similarity: Similarity, lr_img: float, lr_txt: float,
+                 start: tuple[torch.Tensor, torch.Tensor], target: tuple[torch.Tensor, torch.Tensor],
+                 batches: list[torch.Tensor], options: MatchOptions,
+                 step_seeds: list[int] | None = None) -> MatchResult:
+    """MTT's full unroll, as VL-distill matches: the graph of all T steps is kept and
+    differentiated end to end, second-order terms through phi_t included (no stop-gradient).
+    Same arguments and result as `tesla_match`; memory grows linearly with T."""
+    step_seeds = list(range(len(batches))) if step_seeds is None else step_seeds
+    phi_s, psi_s = (p.detach() for p in start)
+    phi_star, psi_star = (p.detach() for p in target)
+    eta_img = torch.tensor(lr_img, dtype=phi_s.dtype, device=phi_s.device, requires_grad=True)
+    eta_txt = torch.tensor(lr_txt, dtype=phi_s.dtype, device=phi_s.device, requires_grad=True)
+    phi, psi = phi_s.clone().requires_grad_(True), psi_s.clone().requires_grad_(True)
+    for idx, seed in zip(batches, step_seeds):
+        soft_target = similarity.matrix(idx).to(images.device)
+        with seeded(seed, images.device):
+            logits = student.logits(phi, psi, images[idx], texts[idx])
+        loss = soft_contrastive_loss(logits, soft_target, options.loss, options.loss_eps)
+        g_img, g_txt = torch.autograd.grad(loss, (phi, psi), create_graph=True)
+        phi, psi = phi - eta_img * g_img, psi - eta_txt * g_txt
+    dist_img = (phi_s - phi_star).pow(2).sum()
+    dist_txt = (psi_s - psi_star).pow(2).sum()
+    loss_img, loss_txt, _, _ = _ratios(phi - phi_star, psi - psi_star, dist_img, dist_txt,
+                                       options.merge_branches)
+    if options.lr_grad == "branch" and options.merge_branches:     # each lr from its own branch
+        grad_lr_img, = torch.autograd.grad((phi - phi_star).pow(2).sum() / dist_img, eta_img, retain_graph=True)
+        grad_lr_txt, = torch.autograd.grad((psi - psi_star).pow(2).sum() / dist_txt, eta_txt, retain_graph=True)
+    (loss_img + loss_txt).backward()
+    if not (options.lr_grad == "branch" and options.merge_branches):
+        grad_lr_img, grad_lr_txt = eta_img.grad, eta_txt.grad
+    return MatchResult(float(loss_img + loss_txt), float(loss_img), float(loss_txt),
+                       float(grad_lr_img), float(grad_lr_txt))
+
+
+Matcher = Callable[..., MatchResult]
+MATCHERS: Registry[Matcher] = Registry("matching")           # distill.matching: NAME
+MATCHERS.add("tesla", tesla_match)
+MATCHERS.add("unroll", unroll_match)
 
 
 def _accumulate(leaf: torch.Tensor, idx: torch.Tensor, grad: torch.Tensor | None) -> None:

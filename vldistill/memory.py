@@ -34,6 +34,7 @@ FLOAT_BYTES = 4
 PARAM_COPIES = 11           # student-sized vectors at the peak: ~7 working + module, start, target
 GRAPH_FACTOR = 4.0          # a step's graph kept for the double backward / forward saved tensors
 SET_COPIES = 3              # value, gradient, momentum of every learned tensor
+UNROLL_COPIES = 4           # per extra unrolled step: phi_t, g_t and the double backward's buffers
 
 
 @dataclass
@@ -78,20 +79,24 @@ def saved_bytes_per_pair(model: nn.Module, image_size: int, text_dim: int) -> in
 
 
 def estimate_distill_memory(model: nn.Module, n_pairs: int, mini_batch: int, image_size: int,
-                            text_dim: int, sim_params: int = 0, ema: bool = False) -> MemoryEstimate:
-    """Estimated peak bytes of distilling n_pairs with this student (any T).
+                            text_dim: int, sim_params: int = 0, ema: bool = False,
+                            kept_steps: int = 1) -> MemoryEstimate:
+    """Estimated peak bytes of distilling n_pairs with this student.
 
     Args:
         model: the student (a `DualEncoder`): its parameter count and activations.
         n_pairs, mini_batch, image_size, text_dim: the synthetic set and a student step's batch.
         sim_params: number of similarity parameters (lowrank: N (2r + 1); full: N^2).
         ema: an exponential moving average of the set is kept too.
+        kept_steps: student steps whose graph is held at once: 1 for TESLA (any T), T for the
+            full unroll, which also keeps each step's parameters and gradient.
     """
     params = sum(p.numel() for p in model.parameters())
     learned = n_pairs * (3 * image_size * image_size + text_dim) + sim_params
+    graph = GRAPH_FACTOR * mini_batch * saved_bytes_per_pair(model, image_size, text_dim)
     return MemoryEstimate({
-        "student step graph": int(GRAPH_FACTOR * mini_batch * saved_bytes_per_pair(model, image_size, text_dim)),
-        "student parameter copies": PARAM_COPIES * params * FLOAT_BYTES,
+        "student step graph": int(kept_steps * graph),
+        "student parameter copies": (PARAM_COPIES + UNROLL_COPIES * (kept_steps - 1)) * params * FLOAT_BYTES,
         "synthetic set, similarity (+grad, momentum)": (SET_COPIES + int(ema)) * learned * FLOAT_BYTES,
     })
 
@@ -134,7 +139,8 @@ def check_distill_fits(cfg: "Config", image_size: int, text_dim: int,
             model = build_student(dataclasses.replace(cfg.model, pretrained_path=None), image_size, text_dim)
             sim_params = sum(p.numel() for p in build_similarity(d.sim_kind, d.n_pairs, d.rank, d.alpha).parameters())
         estimate = estimate_distill_memory(model, d.n_pairs, d.mini_batch, image_size, text_dim,
-                                           sim_params, ema=d.ema_decay > 0)
+                                           sim_params, ema=d.ema_decay > 0,
+                                           kept_steps=d.syn_steps if d.matching == "unroll" else 1)
     except Exception as err:       # a tower that cannot be built on meta: run without the check
         log.warning("no distill memory estimate for %s (%s)", cfg.model.image_tower, err)
         return None

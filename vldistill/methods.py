@@ -7,8 +7,9 @@ Two kinds, each one registered function:
   (`@register_method`): `random` real pairs, the `herding` and `kcenter` coresets, `full`;
 - a *distilled* method registers the settings its set is distilled and evaluated with,
   `fn(cfg) -> Config` (`@register_distilled`): `lors` (the config as given), `lors-identity`
-  (LoRS's pipeline with S = I). The distill stage makes one set per distilled method under
-  its settings; its evaluation trains students on that set (Algorithm 2, `train_on_set`).
+  (LoRS's pipeline with S = I), `vl-distill` (VL-distill's own algorithm and evaluation). The
+  distill stage makes one set per distilled method under its settings; its evaluation trains
+  students on that set (Algorithm 2, `train_on_set`).
 
 Every method trains `eval.num_eval` students (one per seed) on each evaluation tower, and
 `summarize` turns them into the mean ± std that results.json holds.
@@ -16,6 +17,7 @@ Every method trains `eval.num_eval` students (one per seed) on each evaluation t
 from __future__ import annotations
 
 import logging
+import math
 import statistics
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -31,6 +33,7 @@ from .evaluate import (SELECTION_LABELS, EvalTower, SeedResult, eval_towers, ran
                        train_on_full, train_on_set)
 from .registry import Registry
 from .retrieval import METRICS
+from .seedlog import SeedLog, settings_key
 from .seeds import derive_seed
 from .synset import DistilledSet
 from .trajectories import TrajectoryStore
@@ -48,6 +51,7 @@ class EvalContext:
     sets: dict[str, DistilledSet]
     store: TrajectoryStore | None = None
     cache: dict = field(default_factory=dict)   # per-evaluation work shared by seeds and towers
+    seed_log: SeedLog | None = None             # finished seeds, kept across an interruption
 
     @property
     def n_pairs(self) -> int:
@@ -125,6 +129,23 @@ def _lors_identity(cfg: Config) -> Config:
     return with_overrides(cfg, ["distill.sim_kind=identity"])
 
 
+@register_distilled("vl-distill")
+def _vl_distill(cfg: Config) -> Config:
+    """VL-distill (Wu et al., TMLR 2024) as its code runs: MTT's full unroll (no stop-gradient),
+    identity targets and InfoNCE, inner logits scaled by log(1/tau) = 2.66 (its log-scale
+    parameter used without exp), per-branch ratios, a fresh mini-batch each step; evaluated with
+    the learned image lr for both towers, 51 epochs at a constant lr, batch 64, and (reference
+    fidelity) the final epoch reported."""
+    overrides = ["distill.matching=unroll", "distill.sim_kind=identity", "distill.loss=infonce",
+                 f"distill.logit_scale={math.log(1.0 / cfg.model.temperature)}",
+                 "distill.merge_branches=false", "distill.lr_grad=exact", "distill.batch_draw=fresh",
+                 "eval.epochs=51", "eval.lr_drop_epoch=51", "eval.batch_size=64", "eval.shared_lr=true",
+                 "eval.batch_sampler=partition"]
+    if cfg.fidelity == "reference":
+        overrides += ["eval.selection=final", "eval.first_scored_epoch=51"]
+    return with_overrides(cfg, overrides)
+
+
 @register_method("random")
 def _random(ctx: EvalContext, tower: EvalTower, seed: int) -> SeedResult:
     """Random real pairs of the same count, one caption per image, a new draw per seed."""
@@ -165,19 +186,22 @@ def _full(ctx: EvalContext, tower: EvalTower, seed: int) -> SeedResult:
 
 
 # ------------------------------------------------------------------ seeds, summaries, towers
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample std (n - 1); std 0 for one seed."""
+def _mean_std(values: list[float], std: str = "sample") -> tuple[float, float]:
+    """Mean and std: sample (n - 1; 0 for one seed) or population (n, as the LoRS code)."""
+    if std == "population":
+        return statistics.fmean(values), statistics.pstdev(values)
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def summarize(results: list[SeedResult], selection: str, seeds: list[int] | None = None) -> dict:
+def summarize(results: list[SeedResult], selection: str, seeds: list[int] | None = None,
+              std: str = "sample") -> dict:
     """Mean and std over seeds of the selected epoch's test metrics, the final epoch's beside
     them, the per-seed numbers, and the selection rule's label."""
-    out: dict = {}
+    out: dict = {"std": std}
     final: dict = {}
     for key in METRICS:
-        out[key], out[f"{key}_std"] = _mean_std([r.selected[key] for r in results])
-        final[key], final[f"{key}_std"] = _mean_std([r.final[key] for r in results])
+        out[key], out[f"{key}_std"] = _mean_std([r.selected[key] for r in results], std)
+        final[key], final[f"{key}_std"] = _mean_std([r.final[key] for r in results], std)
     out["final"] = final
     out["n_seeds"] = len(results)
     out["selected_epochs"] = [r.epoch for r in results]
@@ -188,17 +212,28 @@ def summarize(results: list[SeedResult], selection: str, seeds: list[int] | None
     return out
 
 
-def evaluate_method(ctx: EvalContext, name: str, tower_label: str | None = None) -> dict:
+def evaluate_method(ctx: EvalContext, name: str, tower_label: str | None = None,
+                    configured: bool = False) -> dict:
     """`eval.num_eval` seeds of one method on one evaluation tower (default: the distilled-on
-    one), under the method's own settings; returns its summary."""
-    cfg = method_config(ctx.cfg, name)
+    one), under the method's own settings (`configured`: ctx.cfg already is); returns its summary."""
+    cfg = ctx.cfg if configured else method_config(ctx.cfg, name)
     towers = {t.label: t for t in eval_towers(cfg)}
     tower = towers[tower_label] if tower_label is not None else next(iter(towers.values()))
     seeds = [derive_seed(cfg.seed, "eval", s) for s in range(cfg.eval.num_eval)]
-    run_seed = partial(METHODS.get(name).evaluate_seed, replace(ctx, cfg=cfg), tower)
+    evaluate_seed = partial(METHODS.get(name).evaluate_seed, replace(ctx, cfg=cfg), tower)
+    key = settings_key(cfg, name, tower.label, ctx.sets.get(name)) if ctx.seed_log else ""
+
+    def run_seed(seed: int) -> SeedResult:
+        done = ctx.seed_log.get(key, seed) if ctx.seed_log else None
+        if done is not None:
+            return done
+        result = evaluate_seed(seed)
+        if ctx.seed_log:
+            ctx.seed_log.add(key, seed, result)
+        return result
     results = distributed.sharded_map(run_seed, seeds,          # torchrun: seeds shared out
                                       progress=f"eval {name} on {tower.label}")
-    summary = summarize(results, cfg.eval.selection, seeds)
+    summary = summarize(results, cfg.eval.selection, seeds, cfg.eval.std)
     log.info("%s on %s: r_mean %.2f +- %.2f (final epoch %.2f)", name, tower.label,
              summary["r_mean"], summary["r_mean_std"], summary["final"]["r_mean"])
     return summary

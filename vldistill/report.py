@@ -27,11 +27,12 @@ from .neighbours import knn
 COLUMNS = (("IR@1", "img_r1"), ("IR@5", "img_r5"), ("IR@10", "img_r10"),
            ("TR@1", "txt_r1"), ("TR@5", "txt_r5"), ("TR@10", "txt_r10"))
 TEST_MARK = "†"
-TEST_NOTE = (f"{TEST_MARK} epoch chosen on the TEST split (the reference's protocol, "
+FINAL_MARK = "‡"
+TEST_NOTE = (f"{TEST_MARK} epoch chosen on the TEST split (LoRS's protocol, "
              "eval.selection: test): optimistic, not comparable with val-selected numbers")
 LEGEND = ("IR = text→image, TR = image→text Recall@K (%), r_mean = mean of the six; "
-          f"mean ± sample std over seeds at the epoch chosen on val (on test where marked {TEST_MARK}); "
-          "final = last epoch")
+          f"mean ± std over seeds at the epoch chosen on val (on test where marked {TEST_MARK}, "
+          f"the last epoch where marked {FINAL_MARK}: VL-distill's protocol); final = last epoch")
 
 Table = tuple[list[str], list[list[str]]]       # header, rows of cells
 
@@ -47,6 +48,13 @@ def _on_test(summary: dict) -> bool:
     return "TEST" in summary.get("selection", "")
 
 
+def _mark(summary: dict) -> str:
+    """† test-selected, ‡ the final epoch, nothing for val-selected numbers."""
+    if _on_test(summary):
+        return TEST_MARK
+    return FINAL_MARK if summary.get("selection", "").startswith("final") else ""
+
+
 def _pm(summary: dict, key: str, digits: int = 1) -> str:
     return f"{summary[key]:.{digits}f} ± {summary.get(f'{key}_std', 0.0):.{digits}f}"
 
@@ -58,7 +66,7 @@ def _metric_cells(summary: dict) -> list[str]:
 
 
 def _method_label(name: str, summary: dict) -> str:
-    return f"{name} {TEST_MARK}" if _on_test(summary) else name
+    return f"{name} {_mark(summary)}".rstrip()
 
 
 def _source(results: dict) -> str | None:
@@ -94,7 +102,7 @@ def transfer_rows(results: dict) -> Table:
         cells = [name]
         for _, methods, _ in towers:
             s = methods.get(name)
-            cells.append("-" if s is None else _pm(s, "r_mean", 2) + (f" {TEST_MARK}" if _on_test(s) else ""))
+            cells.append("-" if s is None else f"{_pm(s, 'r_mean', 2)} {_mark(s)}".rstrip())
         rows.append(cells)
     return header, rows
 
@@ -110,7 +118,8 @@ def compare_rows(runs: Sequence[tuple[str, dict]]) -> Table:
                 s = methods[name]
                 rows.append([label, str(results.get("dataset", "?")), str(results.get("n_pairs", "?")),
                              tower + (" (distilled on)" if own else ""), name,
-                             f"TEST {TEST_MARK}" if _on_test(s) else "val"] + _metric_cells(s))
+                             {TEST_MARK: f"TEST {TEST_MARK}", FINAL_MARK: f"final {FINAL_MARK}"}.get(_mark(s), "val")]
+                            + _metric_cells(s))
     return header, rows
 
 
@@ -138,8 +147,11 @@ def results_title(results: dict) -> str:
     home, _, own = _towers(results)[0]
     source = _source(results)
     where = " (the distilled-on tower)" if own else (f"; the sets were distilled on {source}" if source else "")
+    stds = {s.get("std", "sample") for s in _all_summaries(results)}
+    std = ("; ± is the population std (n, as the reference)" if stds == {"population"} else
+           "; ± is the sample std (n − 1)" if stds == {"sample"} else "")
     return (f"{results.get('dataset', '?')}, {results.get('n_pairs', '?')} pairs, test split, "
-            f"evaluated on {home}{where}")
+            f"evaluated on {home}{where}{std}")
 
 
 def results_table(results: dict) -> str:

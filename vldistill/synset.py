@@ -12,12 +12,16 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from .errors import MissingFileError, UserError
 from .io import read_tensors, write_json, write_tensors
 from .similarity import Similarity, similarity_from_state
+
+if TYPE_CHECKING:
+    from .data import PreparedData
 
 SET_FORMAT = 1
 
@@ -59,7 +63,7 @@ class DistilledSet:
         sim = self.similarity
         return {"kind": sim.kind, "rank": getattr(sim, "rank", None), "alpha": getattr(sim, "alpha", None)}
 
-    def check_fits(self, data) -> None:
+    def check_fits(self, data: "PreparedData") -> None:
         """Refuse to train on data the set cannot mean anything for: its text embeddings live
         in one text tower's space and its images have one size; other data is only warned of."""
         card = self.card

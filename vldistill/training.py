@@ -7,7 +7,7 @@ files on disk (read by DataLoader workers) go through the same loop.
 """
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -51,13 +51,14 @@ def epoch_entries(split: CaptionSplit, mode: str, generator: torch.Generator) ->
 
 
 def pair_batches(split: CaptionSplit, text: torch.Tensor, batch_size: int, seed: int,
-                 train: bool = True, num_workers: int = 0, mode: str = "captions") -> Iterator:
-    """One epoch of shuffled (indices, images, text embeddings) batches of real pairs."""
+                 train: bool = True, num_workers: int = 0, mode: str = "captions",
+                 drop_last: bool = False) -> Iterator:
+    """One epoch of shuffled (caption indices, images, text embeddings) batches of real pairs."""
     generator = torch.Generator().manual_seed(seed)
     entries = epoch_entries(split, mode, generator)
     loader = DataLoader(_PairBatches(split, text, entries, train), batch_size=batch_size,
                         shuffle=True, generator=generator, num_workers=num_workers,
-                        collate_fn=_identity)
+                        collate_fn=_identity, drop_last=drop_last)
     return iter(loader)
 
 
@@ -72,12 +73,12 @@ def sgd_for_student(model: DualEncoder, lr_image: float, lr_text: float, momentu
 
 def contrastive_step(model: DualEncoder, optimizer: torch.optim.Optimizer, images: torch.Tensor,
                      texts: torch.Tensor, target: torch.Tensor | None = None,
-                     loss_kind: str = "infonce") -> float:
+                     loss_kind: str = "infonce", loss_eps: float = 0.0) -> float:
     """One SGD step on a batch of pairs; target None means the identity (plain InfoNCE)."""
     logits = model(images, texts)
     if target is None:
         target = torch.eye(len(logits), device=logits.device)
-    loss = soft_contrastive_loss(logits, target, loss_kind)
+    loss = soft_contrastive_loss(logits, target, loss_kind, loss_eps)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -86,16 +87,23 @@ def contrastive_step(model: DualEncoder, optimizer: torch.optim.Optimizer, image
 
 def train_epoch_on_pairs(model: DualEncoder, optimizer: torch.optim.Optimizer, split: CaptionSplit,
                          text: torch.Tensor, batch_size: int, seed: int, device: torch.device,
-                         num_workers: int = 0, progress=None, mode: str = "captions") -> float:
+                         num_workers: int = 0, progress=None, mode: str = "captions",
+                         drop_last: bool = False,
+                         text_features: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
     """One epoch of InfoNCE over the real pairs of a split (see `epoch_entries`); mean loss.
 
     `seed` fixes the epoch's order and caption draws, and (through a forked global generator)
-    the augmentations drawn in this process, so an epoch is the same whatever ran before it.
+    the augmentations and dropout drawn in this process, so an epoch is the same whatever ran
+    before it. `text_features(caption indices)` replaces the cached embeddings (the reference's
+    experts: the text tower run per batch, in train mode).
     """
     model.train()
     total, count = 0.0, 0
     with seeded(seed):
-        for _, images, texts in pair_batches(split, text, batch_size, seed, True, num_workers, mode):
+        for idx, images, texts in pair_batches(split, text, batch_size, seed, True, num_workers, mode,
+                                               drop_last):
+            if text_features is not None:
+                texts = text_features(idx)
             total += contrastive_step(model, optimizer, images.to(device, non_blocking=True),
                                       texts.to(device, non_blocking=True))
             count += 1

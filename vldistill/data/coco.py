@@ -14,17 +14,20 @@ import io
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 from ..errors import UserError
 from .registry import DATASETS
 from .records import SPLITS, ImageCaptions, annotation_path, build_caption_dataset, image_root
 from .splits import CaptionDataset
 
+if TYPE_CHECKING:
+    from ..config import DataConfig
+
 log = logging.getLogger(__name__)
 
 
-def read_ids(value: Any, data_cfg, key: str) -> list[int] | None:
+def read_ids(value: Any, data_cfg: "DataConfig", key: str) -> list[int] | None:
     """`data.<split>_ids`: None, a list of ids, or a file of ids (one per line, or a JSON list)."""
     if value is None:
         return None
@@ -73,7 +76,7 @@ def coco_groups(coco, ids: list[int] | None, folder: str, source: str) -> list[I
 
 
 @DATASETS.register("coco")
-def build_coco(data_cfg, cache_dir: Path) -> CaptionDataset:
+def build_coco(data_cfg: "DataConfig", cache_dir: Path) -> CaptionDataset:
     """Three splits of COCO caption files, each restricted to its image ids."""
     root = image_root(data_cfg)
     indices: dict[Path, Any] = {}

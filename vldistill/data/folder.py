@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -21,6 +22,9 @@ from .registry import DATASETS
 from .karpathy import read_karpathy_json
 from .records import ImageCaptions, annotation_path, build_caption_dataset, group_by_image, image_root
 from .splits import CaptionDataset
+
+if TYPE_CHECKING:
+    from ..config import DataConfig
 
 
 def _read_jsonl(path: Path) -> list[ImageCaptions]:
@@ -78,7 +82,7 @@ def hold_out(groups: list[ImageCaptions], val_fraction: float, test_fraction: fl
 
 
 @DATASETS.register("folder")
-def build_folder(data_cfg, cache_dir: Path) -> CaptionDataset:
+def build_folder(data_cfg: "DataConfig", cache_dir: Path) -> CaptionDataset:
     """A user's captioned images: one caption file (held-out val/test) or one per split."""
     root = image_root(data_cfg)
     base = str(root)

@@ -19,10 +19,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Sequence, TYPE_CHECKING
 
 import torch
 from safetensors import safe_open
@@ -31,6 +32,9 @@ from tqdm.auto import tqdm
 
 from ..errors import UserError
 from ..io import write_tensors
+
+if TYPE_CHECKING:
+    from ..config import DataConfig
 
 log = logging.getLogger(__name__)
 
@@ -100,22 +104,30 @@ def _sign() -> float:
 
 def _affine(img: torch.Tensor, angle: float = 0.0, dx: float = 0.0, dy: float = 0.0,
             shear_x: float = 0.0, shear_y: float = 0.0) -> torch.Tensor:
-    side = img.shape[-1]
-    return TF.affine(img, angle=angle, translate=[dx * side, dy * side], scale=1.0,
-                     shear=[shear_x, shear_y], interpolation=_mode("NEAREST"), fill=_FILL)
+    """Bilinear, grey fill; rotation about the centre, shear about the top-left corner (cv2's)."""
+    center = None if angle else [0.0, 0.0]
+    return TF.affine(img, angle=angle, translate=[dx, dy], scale=1.0, shear=[shear_x, shear_y],
+                     interpolation=_mode("BILINEAR"), fill=_FILL, center=center)
 
 
-# The reference's op list; m in [0, 1] is the magnitude (5/10 there), each op picks its own sign.
+def _shear_degrees(m: float) -> float:
+    """The reference shears by a matrix coefficient of 0.3 m; torchvision takes the angle."""
+    return math.degrees(math.atan(0.3 * m))
+
+
+# The reference's RandomAugment (BLIP's randaugment.py): m in [0, 1] is its level / 10 (5 / 10
+# for LoRS). Enhancements use the factor 1.8 m + 0.1 (1.0, i.e. none, at level 5); shear 0.3 m,
+# translation 10 m pixels and rotation 30 m degrees each take a random sign.
 _OPS = {
     "identity": lambda img, m: img,
     "autocontrast": lambda img, m: TF.autocontrast(img),
     "equalize": lambda img, m: TF.equalize(img),
-    "brightness": lambda img, m: TF.adjust_brightness(img, 1.0 + 0.9 * m * _sign()),
-    "sharpness": lambda img, m: TF.adjust_sharpness(img, 1.0 + 0.9 * m * _sign()),
-    "shear_x": lambda img, m: _affine(img, shear_x=16.7 * m * _sign()),    # shear 0.3 -> 16.7 deg
-    "shear_y": lambda img, m: _affine(img, shear_y=16.7 * m * _sign()),
-    "translate_x": lambda img, m: _affine(img, dx=0.15 * m * _sign()),
-    "translate_y": lambda img, m: _affine(img, dy=0.15 * m * _sign()),
+    "brightness": lambda img, m: TF.adjust_brightness(img, 1.8 * m + 0.1),
+    "sharpness": lambda img, m: TF.adjust_sharpness(img, 1.8 * m + 0.1),
+    "shear_x": lambda img, m: _affine(img, shear_x=_shear_degrees(m) * _sign()),
+    "shear_y": lambda img, m: _affine(img, shear_y=_shear_degrees(m) * _sign()),
+    "translate_x": lambda img, m: _affine(img, dx=10.0 * m * _sign()),
+    "translate_y": lambda img, m: _affine(img, dy=10.0 * m * _sign()),
     "rotate": lambda img, m: _affine(img, angle=30.0 * m * _sign()),
 }
 
@@ -294,7 +306,7 @@ def _decode_all(paths: list[str], transform: ImageTransform, num_workers: int, s
     return pixels, kept, bad
 
 
-def load_images(paths: Sequence[str | Path], data_cfg, cache_dir: Path, split: str,
+def load_images(paths: Sequence[str | Path], data_cfg: "DataConfig", cache_dir: Path, split: str,
                 train: bool = False) -> LoadedImages:
     """Check every file once, drop or refuse bad ones, and decode into the cache when it fits.
 

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import UserError
 from .registry import DATASETS
 from .records import SPLITS, ImageCaptions, annotation_path, build_caption_dataset, group_by_image, image_root
 from .splits import CaptionDataset
+
+if TYPE_CHECKING:
+    from ..config import DataConfig
 
 
 def read_karpathy_json(path: Path) -> list[ImageCaptions]:
@@ -33,7 +37,7 @@ def read_karpathy_json(path: Path) -> list[ImageCaptions]:
 
 
 @DATASETS.register("karpathy")
-def build_karpathy(data_cfg, cache_dir: Path) -> CaptionDataset:
+def build_karpathy(data_cfg: "DataConfig", cache_dir: Path) -> CaptionDataset:
     """The three Karpathy files of data.ann_root over the images of data.image_root."""
     root = image_root(data_cfg)
     files = {split: annotation_path(data_cfg, getattr(data_cfg, f"{split}_json"), f"{split}_json")

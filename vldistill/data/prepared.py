@@ -2,7 +2,7 @@
 of every caption of every split (computed once per tower and caption list, then cached)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,6 +15,7 @@ from .text_cache import default_cache_dir, embed_captions
 
 if TYPE_CHECKING:
     from ..config import Config
+    from ..models.text_towers import TextTower
 
 
 @dataclass
@@ -24,6 +25,7 @@ class PreparedData:
     dataset: CaptionDataset
     text: dict[str, torch.Tensor]         # split name -> (n_captions, text_dim)
     text_tower: str
+    tower: "TextTower | None" = field(default=None, repr=False)    # the tower itself (loads lazily)
 
     @property
     def text_dim(self) -> int:
@@ -32,10 +34,12 @@ class PreparedData:
     def split(self, name: str) -> CaptionSplit:
         return getattr(self.dataset, name)
 
-    def real_pairs(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    def real_pairs(self, n: int, generator: torch.Generator,
+                   augment: bool = False) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
         """n distinct random training images, each with one of its captions drawn at random.
 
-        Returns images (n, 3, H, W), their captions' text embeddings (n, d) and caption indices.
+        Returns images (n, 3, H, W) (`augment`: one training-augmented view each, drawn from
+        torch's global generator), their captions' text embeddings (n, d) and caption indices.
         """
         train = self.dataset.train
         if n > train.n_images:
@@ -48,7 +52,21 @@ class PreparedData:
                 raise UserError(f"training image {train.image_names[i] if train.image_names else i} "
                                 "has no caption")
             captions.append(img2txt[i][int(torch.randint(len(img2txt[i]), (1,), generator=generator))])
-        images = train.images.get_batch(image_ids).float()
+        return self._pairs(image_ids, captions, augment)
+
+    def real_entries(self, n: int, generator: torch.Generator,
+                     augment: bool = False) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """n distinct random training caption entries with their images, as the reference code
+        draws its initial pairs: an image with several captions can come twice. As `real_pairs`."""
+        train = self.dataset.train
+        if n > len(train.captions):
+            raise UserError(f"{n} pairs requested but the training split has {len(train.captions)} captions")
+        captions = torch.randperm(len(train.captions), generator=generator)[:n]
+        return self._pairs(train.caption_image[captions], captions.tolist(), augment)
+
+    def _pairs(self, image_ids: torch.Tensor, captions: list[int],
+               augment: bool) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        images = self.dataset.train.images.get_batch(image_ids, train=augment).float()
         return images, self.text["train"][torch.tensor(captions)].clone(), captions
 
 
@@ -61,4 +79,4 @@ def prepare_data(cfg: "Config", device: str = "cpu") -> PreparedData:
     text = {name: embed_captions(tower, getattr(dataset, name).captions, cache_dir,
                                  cfg.model.text_batch_size)
             for name in ("train", "val", "test")}
-    return PreparedData(dataset, text, cfg.model.text_tower)
+    return PreparedData(dataset, text, cfg.model.text_tower, tower)

@@ -10,13 +10,16 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, TYPE_CHECKING
 
 import torch
 
 from ..errors import MissingFileError, UserError
 from .images import CLIP_MEAN, CLIP_STD, load_images
 from .splits import CaptionDataset, CaptionSplit, normalize_caption
+
+if TYPE_CHECKING:
+    from ..config import DataConfig
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +48,7 @@ def group_by_image(pairs: Iterable[tuple[str, str | list[str]]], source: str) ->
     return list(groups.values())
 
 
-def annotation_path(data_cfg, name: str | None, key: str, base: str | None = None) -> Path:
+def annotation_path(data_cfg: "DataConfig", name: str | None, key: str, base: str | None = None) -> Path:
     """An annotation file from the config: absolute, or relative to data.ann_root (or `base`)."""
     if not name:
         raise UserError(f"data.{key} is not set: give the annotation file of that split "
@@ -60,7 +63,7 @@ def annotation_path(data_cfg, name: str | None, key: str, base: str | None = Non
     return path
 
 
-def image_root(data_cfg) -> Path:
+def image_root(data_cfg: "DataConfig") -> Path:
     if not data_cfg.image_root:
         raise UserError(f"data.image_root is not set: give the folder the annotation's image "
                         f"paths are relative to (data.name={data_cfg.name})")
@@ -70,11 +73,13 @@ def image_root(data_cfg) -> Path:
     return root
 
 
-def build_split(groups: list[ImageCaptions], root: Path, data_cfg, cache_dir: Path,
+def build_split(groups: list[ImageCaptions], root: Path, data_cfg: "DataConfig", cache_dir: Path,
                 split: str) -> CaptionSplit:
     """Normalize captions, drop caption-less and (if allowed) unreadable images, map the rest."""
-    normalized = [(g.image, [c for c in (normalize_caption(x, data_cfg.max_words) for x in g.captions)
-                             if c]) for g in groups]
+    def clean(captions: list[str]) -> list[str]:
+        cleaned = (normalize_caption(c, data_cfg.max_words, data_cfg.caption_cleaner) for c in captions)
+        return [c for c in cleaned if c]
+    normalized = [(g.image, clean(g.captions)) for g in groups]
     with_captions = [(image, caps) for image, caps in normalized if caps]
     if len(with_captions) < len(normalized):
         first = next(image for image, caps in normalized if not caps)
@@ -93,7 +98,7 @@ def build_split(groups: list[ImageCaptions], root: Path, data_cfg, cache_dir: Pa
     return CaptionSplit(loaded.source, captions, caption_image, [image for image, _ in kept])
 
 
-def build_caption_dataset(name: str, groups: dict[str, list[ImageCaptions]], root: Path, data_cfg,
+def build_caption_dataset(name: str, groups: dict[str, list[ImageCaptions]], root: Path, data_cfg: "DataConfig",
                           cache_dir: Path) -> CaptionDataset:
     """The three splits over image files, CLIP-normalized at data.image_size."""
     splits = {split: build_split(groups[split], root, data_cfg, cache_dir, split) for split in SPLITS}

