@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import json
+import math
 import logging
 import os
 
@@ -293,71 +294,80 @@ TINY_RUN = ["data.image_size=32", "model.image_tower=convnet", "model.convnet_wi
             "distill.n_pairs=6", "distill.mini_batch=3", "distill.rank=2", "distill.syn_steps=2",
             "distill.iterations=2", "distill.max_start_epoch=1", "distill.checkpoint_every=1",
             "eval.num_eval=1", "eval.epochs=2", "eval.val_every=1", "eval.batch_size=4",
-            "eval.methods=[lors,lors-identity,random]", "data.num_workers=0",
+            "eval.methods=[lors,lors-identity,random]", "data.num_workers=0", "distill.eval_every=0",
             # the paper's lrs are for NFNet at 224 px; a tiny random ConvNet needs tiny.yaml's
             "distill.lr_img=1000", "distill.lr_txt=1", "distill.lr_lr=1e-5", "distill.lr_sim=0.1"]
 
 
-# (n_pairs, mini_batch, max_start_epoch, lr_img, lr_sim, rank, alpha, merge_branches, temperature,
-#  no_aug, iterations) as in the reference's sh/distill_{flickr,coco}_lors_*.sh (silicx/LoRS_Distill)
+# (n_pairs, mini_batch, max_start_epoch, lr_img, lr_sim, rank, alpha, merge_branches,
+#  inner-loop logit scale, iterations, eval_it) as in the reference's sh/distill_{flickr,coco}_lors_*.sh
+# (silicx/LoRS_Distill); --temperature 0.1 of coco 500 scales the matching steps only
 REFERENCE = {
-    "flickr30k_lors_100": (99, 20, 2, 100, 10, 10, 3, False, 0.07, False, 3000),
-    "flickr30k_lors_200": (199, 20, 2, 1000, 10, 5, 1, False, 0.07, False, 3000),
-    "flickr30k_lors_500": (499, 40, 3, 1000, 100, 20, 0.01, False, 0.07, False, 3000),
-    "coco_lors_100": (99, 20, 2, 1000, 5, 10, 1, True, 0.07, False, 3000),
-    "coco_lors_200": (199, 20, 2, 1000, 50, 20, 1, True, 0.07, False, 2000),
-    "coco_lors_500": (499, 30, 2, 5000, 500, 40, 1, True, 0.1, True, 3000),
+    "flickr30k_lors_100": (99, 20, 2, 100, 10, 10, 3, False, None, 3000, 50),
+    "flickr30k_lors_200": (199, 20, 2, 1000, 10, 5, 1, False, None, 3000, 50),
+    "flickr30k_lors_500": (499, 40, 3, 1000, 100, 20, 0.01, False, None, 3000, 300),
+    "coco_lors_100": (99, 20, 2, 1000, 5, 10, 1, True, None, 3000, 50),
+    "coco_lors_200": (199, 20, 2, 1000, 50, 20, 1, True, None, 2000, 50),
+    "coco_lors_500": (499, 30, 2, 5000, 500, 40, 1, True, 10.0, 3000, 50),
 }
+VLDISTILL = [f"{dataset}_vldistill_{size}" for dataset in ("flickr30k", "coco") for size in (100, 200, 500)]
 
 
 @pytest.mark.parametrize("config", sorted(REFERENCE))
-def test_paper_configs_carry_the_reference_hyperparameters(config):
+def test_lors_paper_configs_carry_the_reference_hyperparameters(config):
     cfg = load_config(f"configs/{config}.yaml")
     d = cfg.distill
     got = (d.n_pairs, d.mini_batch, d.max_start_epoch, d.lr_img, d.lr_sim, d.rank, d.alpha,
-           d.merge_branches, cfg.model.temperature, cfg.data.no_aug, d.iterations)
+           d.merge_branches, d.logit_scale, d.iterations, d.eval_every)
     assert got == REFERENCE[config]
     assert (d.lr_txt, d.lr_lr, d.lr_teacher, d.syn_steps, d.expert_epochs) == (d.lr_img, 0.01, 0.1, 8, 1)
     assert (d.loss, d.sim_kind, cfg.model.image_tower, cfg.data.image_size) == ("wbce", "lowrank", "timm:nfnet_l0", 224)
+    assert cfg.fidelity == "reference" and cfg.model.temperature == 0.07 and not cfg.data.no_aug
+    assert d.init_augment is (config != "coco_lors_500")            # --no_aug: the init only
     buffer = load_config(f"configs/buffer_{config.split('_')[0]}.yaml")
     assert (buffer.buffer.num_experts, buffer.buffer.epochs, buffer.model.text_tower) == (
         20, 10, "hf:checkpoints/bert-base-uncased")
-    if cfg.model.temperature == buffer.model.temperature:     # a store is tied to its temperature
-        assert cfg.buffer.dir == buffer.buffer.dir
+    assert cfg.buffer.dir == buffer.buffer.dir and cfg.model == buffer.model      # one store per dataset
+    assert buffer.fidelity == "reference" and buffer.buffer.text_dropout and buffer.buffer.drop_last
 
 
-@pytest.mark.parametrize("dataset", ["flickr30k", "coco"])
-@pytest.mark.parametrize("size", [100, 200, 500])
-def test_baseline_configs_are_vl_distill_with_identity_similarity(dataset, size):
-    cfg = load_config(f"configs/{dataset}_baseline_{size}.yaml")
-    lors = load_config(f"configs/{dataset}_lors_{size}.yaml")
-    d = cfg.distill
-    assert (d.n_pairs, d.sim_kind, d.loss, d.mini_batch, d.lr_img, d.lr_txt, d.lr_lr) == (
-        size, "identity", "infonce", 100, 1000, 1000, 0.01)
-    assert cfg.eval.methods[0] == "lors-identity" and "lors" not in cfg.eval.methods
-    buffer = load_config(f"configs/buffer_{dataset}.yaml")
-    assert cfg.buffer.dir == buffer.buffer.dir and cfg.model == buffer.model     # the same experts
-    assert (cfg.data.train_json, cfg.eval.epochs, cfg.eval.num_eval) == (
-        lors.data.train_json, lors.eval.epochs, lors.eval.num_eval)
+@pytest.mark.parametrize("config", VLDISTILL)
+def test_vl_distill_configs_are_its_readme_command_on_the_same_experts(config):
+    from vldistill.methods import method_config
+    run = load_config(f"configs/{config}.yaml")
+    cfg = method_config(run, "vl-distill")
+    d, size = cfg.distill, int(config.rsplit("_", 1)[1])
+    assert (d.n_pairs, d.syn_steps, d.expert_epochs, d.max_start_epoch, d.lr_img, d.lr_txt, d.lr_lr,
+            d.mini_batch, d.iterations) == (size, 8, 1, 2, 1000, 1000, 0.01, 100, 50000)
+    assert (d.matching, d.sim_kind, d.loss, d.batch_draw) == ("unroll", "identity", "infonce", "fresh")
+    assert d.logit_scale == pytest.approx(math.log(1 / 0.07)) and not d.merge_branches
+    e = cfg.eval
+    assert (e.epochs, e.lr_drop_epoch, e.batch_size, e.shared_lr, e.selection) == (51, 51, 64, True, "final")
+    assert run.eval.methods[0] == "vl-distill" and "lors" not in run.eval.methods
+    buffer = load_config(f"configs/buffer_{config.split('_')[0]}.yaml")
+    assert run.buffer.dir == buffer.buffer.dir and run.model == buffer.model       # the same experts
 
 
-def test_paper_config_runs_on_tiny_fixture(tmp_path, cache_dir):
-    config = "flickr30k_lors_100"
+@pytest.mark.parametrize("config", sorted(REFERENCE) + VLDISTILL)
+def test_every_paper_config_runs_in_reference_mode_on_a_tiny_fixture(config, tmp_path, cache_dir):
     from vldistill.cli import main
     write_karpathy(tmp_path, {"train": [2] * 12, "val": [5, 5, 5], "test": [5, 6, 5]})
     run_dir = tmp_path / "run"
     bert = make_tiny_bert(tmp_path / "bert", caption_pool(200))        # stands in for bert-base-uncased
+    method = "vl-distill" if "vldistill" in config else "lors"
     code = main(["run", f"configs/{config}.yaml", f"data.image_root={tmp_path / 'images'}",
                  f"data.ann_root={tmp_path / 'ann'}", "data.train_json=train.json",
                  "data.val_json=val.json", "data.test_json=test.json", f"run_dir={run_dir}",
-                 f"cache_dir={cache_dir}", *TINY_RUN, f"model.text_tower=hf:{bert}"])
+                 f"cache_dir={cache_dir}", *TINY_RUN, f"model.text_tower=hf:{bert}",
+                 f"eval.methods=[{method},random]"])
     assert code == 0
     results = json.loads((run_dir / "results.json").read_text())
-    assert results["dataset"] == "karpathy" and set(results["methods"]) == {"lors", "lors-identity", "random"}
+    assert results["dataset"] == "karpathy" and set(results["methods"]) == {method, "random"}
     resolved = load_config(run_dir / "config.yaml")
-    assert resolved.data.name == "karpathy" and resolved.distill.sim_kind == "lowrank"
-    assert resolved.distill.loss == "wbce" and resolved.distill.n_pairs == 6    # paper settings + overrides
-    assert resolved.model.text_tower == f"hf:{bert}" and resolved.distill.alpha == 3.0
+    assert resolved.fidelity == "reference" and resolved.data.name == "karpathy"
+    assert (resolved.buffer.text_dropout, resolved.data.caption_cleaner, resolved.eval.selection) == (
+        True, "reference", "test")                                  # the reference's settings ran
+    assert resolved.model.text_tower == f"hf:{bert}" and resolved.distill.n_pairs == 6
 
 
 def test_bring_your_own_folder_as_documented(tmp_path, cache_dir):

@@ -1,18 +1,22 @@
-"""TESLA's two-pass gradient equals autograd through a naive unroll with stop-gradient on phi_t."""
+"""Both matching forms against autograd through a naive unroll of the student steps: TESLA's
+two-pass gradient equals the unroll with stop-gradient on phi_t (also with dropout in the
+student, whose masks both passes share, and with the reference's WBCE eps), the full unroll
+equals it without stop-gradient, and the learned lrs' gradients follow the chosen rule."""
 import pytest
 import torch
 
 from vldistill.losses import soft_contrastive_loss
-from vldistill.matching import MatchOptions, sample_batches, tesla_match
+from vldistill.matching import MatchOptions, sample_batches, tesla_match, unroll_match
 from vldistill.models.image_towers import ConvNet
 from vldistill.models.student import DualEncoder, FunctionalStudent
+from vldistill.seeds import seeded
 from vldistill.similarity import build_similarity
 
 
-def _setup(sim_kind: str, seed: int = 0):
+def _setup(sim_kind: str, seed: int = 0, dropout: float = 0.0, logit_scale: float | None = None):
     torch.manual_seed(seed)
-    model = DualEncoder(ConvNet(8, width=4, depth=1), text_dim=6, temperature=0.5).double()
-    student = FunctionalStudent(model)
+    model = DualEncoder(ConvNet(8, width=4, depth=1), text_dim=6, temperature=0.5, dropout=dropout).double()
+    student = FunctionalStudent(model, logit_scale)
     n = 7
     images = torch.randn(n, 3, 8, 8, dtype=torch.float64, requires_grad=True)
     texts = torch.randn(n, 6, dtype=torch.float64, requires_grad=True)
@@ -25,55 +29,120 @@ def _setup(sim_kind: str, seed: int = 0):
     return student, images, texts, sim, start, target
 
 
-def _naive(student, images, texts, sim, lr_img, lr_txt, start, target, batches, loss_kind, merge):
-    """Unroll keeping the graph through g_t, with phi_t detached before each step (TESLA)."""
+def _naive(student, images, texts, sim, lr_img, lr_txt, start, target, batches, options,
+           stop_gradient=True, seeds=None):
+    """Autograd through the T steps written out: phi_{t+1} = phi_t - eta g_t, each step's
+    dropout drawn from seeds[t]; stop_gradient detaches phi_t before each step (TESLA)."""
+    seeds = list(range(len(batches))) if seeds is None else seeds
     eta_img = torch.tensor(lr_img, dtype=torch.float64, requires_grad=True)
     eta_txt = torch.tensor(lr_txt, dtype=torch.float64, requires_grad=True)
-    phi, psi = start
+    phi, psi = (p.clone().requires_grad_(True) for p in start)
     sum_img, sum_txt = 0.0, 0.0
-    for idx in batches:
-        phi_c = phi.detach().requires_grad_(True)
-        psi_c = psi.detach().requires_grad_(True)
-        loss = soft_contrastive_loss(student.logits(phi_c, psi_c, images[idx], texts[idx]),
-                                     sim.matrix(idx), loss_kind)
-        g_img, g_txt = torch.autograd.grad(loss, (phi_c, psi_c), create_graph=True)
+    for idx, seed in zip(batches, seeds):
+        if stop_gradient:
+            phi, psi = phi.detach().requires_grad_(True), psi.detach().requires_grad_(True)
+        with seeded(seed):
+            logits = student.logits(phi, psi, images[idx], texts[idx])
+        loss = soft_contrastive_loss(logits, sim.matrix(idx), options.loss, options.loss_eps)
+        g_img, g_txt = torch.autograd.grad(loss, (phi, psi), create_graph=True)
         sum_img, sum_txt = sum_img + g_img, sum_txt + g_txt
-        phi, psi = phi_c - eta_img * g_img, psi_c - eta_txt * g_txt
-    num_img = (start[0] - eta_img * sum_img - target[0]).pow(2).sum()
-    num_txt = (start[1] - eta_txt * sum_txt - target[1]).pow(2).sum()
+        phi, psi = phi - eta_img * g_img, psi - eta_txt * g_txt
+    if stop_gradient:       # phi_T = phi_s - eta G, the g_t functions of the set only
+        phi, psi = start[0] - eta_img * sum_img, start[1] - eta_txt * sum_txt
+    num_img, num_txt = (phi - target[0]).pow(2).sum(), (psi - target[1]).pow(2).sum()
     d_img = (start[0] - target[0]).pow(2).sum()
     d_txt = (start[1] - target[1]).pow(2).sum()
-    total = (num_img + num_txt) / (d_img + d_txt) if merge else num_img / d_img + num_txt / d_txt
+    merged = options.merge_branches
+    total = (num_img + num_txt) / (d_img + d_txt) if merged else num_img / d_img + num_txt / d_txt
+    if options.lr_grad == "branch":     # each lr from its own branch's ratio
+        lr_grads = [torch.autograd.grad(num / d, eta, retain_graph=True)[0]
+                    for num, d, eta in ((num_img, d_img, eta_img), (num_txt, d_txt, eta_txt))]
     total.backward()
-    return total, eta_img.grad, eta_txt.grad
+    if options.lr_grad != "branch":
+        lr_grads = [eta_img.grad, eta_txt.grad]
+    return float(total.detach()), [float(g) for g in lr_grads]
 
 
-@pytest.mark.parametrize("steps", [1, 3, 8])
-@pytest.mark.parametrize("sim_kind,loss_kind,merge", [
-    ("lowrank", "infonce", False), ("lowrank", "wbce", True), ("full", "bce", False),
-    ("identity", "infonce", False), ("lowrank", "cwcl", False), ("full", "kl", True),
-])
-def test_tesla_gradient_equals_naive_unroll(steps, sim_kind, loss_kind, merge):
-    student, images, texts, sim, start, target = _setup(sim_kind)
+def _compare(match, stop_gradient, sim_kind, options, steps, dropout=0.0, step_seeds=None):
+    student, images, texts, sim, start, target = _setup(sim_kind, dropout=dropout)
     batches = sample_batches(len(images), 3, steps, torch.Generator().manual_seed(1))
-    lr_img, lr_txt = 0.3, 0.2
-
-    result = tesla_match(student, images, texts, sim, lr_img, lr_txt, start, target, batches,
-                         MatchOptions(loss_kind, merge_branches=merge))
+    result = match(student, images, texts, sim, 0.3, 0.2, start, target, batches, options, step_seeds)
     fast = [images.grad.clone(), texts.grad.clone()] + [p.grad.clone() for p in sim.parameters()]
-
     for t in [images, texts, *sim.parameters()]:
         t.grad = None
-    total, g_lr_img, g_lr_txt = _naive(student, images, texts, sim, lr_img, lr_txt, start, target,
-                                       batches, loss_kind, merge)
+    total, lr_grads = _naive(student, images, texts, sim, 0.3, 0.2, start, target, batches, options,
+                             stop_gradient, step_seeds)
     slow = [images.grad, texts.grad] + [p.grad for p in sim.parameters()]
-
-    assert result.loss == pytest.approx(float(total.detach()), rel=1e-9)
-    assert result.grad_lr_img == pytest.approx(float(g_lr_img), rel=1e-7)
-    assert result.grad_lr_txt == pytest.approx(float(g_lr_txt), rel=1e-7)
+    assert result.loss == pytest.approx(total, rel=1e-9)
+    assert [result.grad_lr_img, result.grad_lr_txt] == pytest.approx(lr_grads, rel=1e-7)
     for a, b in zip(fast, slow):
         assert b is not None and float(b.abs().max()) > 0
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-12)
+    return fast
+
+
+CASES = [("lowrank", "infonce", False), ("lowrank", "wbce", True), ("full", "bce", False),
+         ("identity", "infonce", False), ("lowrank", "cwcl", False), ("full", "kl", True)]
+
+
+@pytest.mark.parametrize("steps", [1, 3, 8])
+@pytest.mark.parametrize("sim_kind,loss_kind,merge", CASES)
+def test_tesla_gradient_equals_naive_unroll_with_stop_gradient(steps, sim_kind, loss_kind, merge):
+    _compare(tesla_match, True, sim_kind, MatchOptions(loss_kind, merge_branches=merge), steps)
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+@pytest.mark.parametrize("sim_kind,loss_kind,merge", CASES[:4])
+def test_full_unroll_equals_autograd_without_stop_gradient(steps, sim_kind, loss_kind, merge):
+    _compare(unroll_match, False, sim_kind, MatchOptions(loss_kind, merge_branches=merge), steps)
+
+
+def test_tesla_and_the_full_unroll_differ_beyond_one_step():
+    """The stop-gradient drops the second-order terms: same loss, other gradient (T > 1)."""
+    options = MatchOptions("infonce")
+    grads = [_compare(match, stop, "identity", options, 3)[0] for match, stop in
+             ((tesla_match, True), (unroll_match, False))]
+    cosine = torch.nn.functional.cosine_similarity(grads[0].flatten(), grads[1].flatten(), dim=0)
+    assert 0.0 < float(cosine) < 0.9999
+
+
+def test_dropout_masks_are_shared_by_both_passes():
+    """With dropout in the text head TESLA still equals the stop-gradient unroll drawn with the
+    same per-step seeds -- and another draw of the masks gives another gradient."""
+    options = MatchOptions("wbce", loss_eps=1e-6)
+    seeds = [11, 12, 13]
+    first = _compare(tesla_match, True, "lowrank", options, 3, dropout=0.3, step_seeds=seeds)
+    other = _compare(tesla_match, True, "lowrank", options, 3, dropout=0.3, step_seeds=[21, 22, 23])
+    assert not torch.allclose(first[0], other[0])
+
+
+@pytest.mark.parametrize("match,stop", [(tesla_match, True), (unroll_match, False)])
+def test_merged_branches_lr_gradients_follow_the_chosen_rule(match, stop):
+    """branch (the LoRS code): d(||phi_s - eta G - phi*||^2 / D_img)/d eta_img even when the
+    loss merges both branches; exact: the merged loss's own gradient. The data gradients are
+    the merged loss's either way."""
+    branch = MatchOptions("wbce", merge_branches=True, lr_grad="branch")
+    exact = MatchOptions("wbce", merge_branches=True, lr_grad="exact")
+    student, images, texts, sim, start, target = _setup("lowrank")
+    batches = sample_batches(len(images), 3, 3, torch.Generator().manual_seed(1))
+    r_branch = match(student, images, texts, sim, 0.3, 0.2, start, target, batches, branch)
+    r_exact = match(student, images, texts, sim, 0.3, 0.2, start, target, batches, exact)
+    _compare(match, stop, "lowrank", branch, 3)
+    assert r_exact.grad_lr_img != pytest.approx(r_branch.grad_lr_img, rel=1e-3)
+    if match is tesla_match:    # G held constant: the merged denominator only rescales each lr's
+        d_img = float((start[0] - target[0]).pow(2).sum())
+        d_txt = float((start[1] - target[1]).pow(2).sum())
+        share = d_img / (d_img + d_txt)
+        assert r_exact.grad_lr_img == pytest.approx(share * r_branch.grad_lr_img, rel=1e-9)
+        assert r_exact.grad_lr_txt == pytest.approx((1 - share) * r_branch.grad_lr_txt, rel=1e-9)
+
+
+def test_inner_logit_scale_replaces_the_temperature():
+    student, images, texts, *_ = _setup("identity")
+    scaled = FunctionalStudent(student.model, logit_scale=2.5)
+    phi, psi = student.flat_params()
+    torch.testing.assert_close(scaled.logits(phi, psi, images[:3], texts[:3]) * 2.0,   # 1/0.5 = 2
+                               student.logits(phi, psi, images[:3], texts[:3]) * 2.5)
 
 
 def test_batches_cover_the_set_before_repeating():
@@ -81,3 +150,11 @@ def test_batches_cover_the_set_before_repeating():
     first_pass = torch.cat(batches[:3])
     assert len(set(first_pass.tolist())) == 9          # no repeats within a pass
     assert all(len(b) == 3 for b in batches)
+
+
+def test_fresh_batches_are_each_the_head_of_a_new_permutation():
+    """VL-distill's draw: randperm(n)[:b] every step, from the same generator stream."""
+    batches = sample_batches(10, 4, 5, torch.Generator().manual_seed(3), draw="fresh")
+    g = torch.Generator().manual_seed(3)
+    expected = [torch.randperm(10, generator=g)[:4] for _ in range(5)]
+    assert all(torch.equal(a, b) for a, b in zip(batches, expected))

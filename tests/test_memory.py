@@ -9,7 +9,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from vldistill import memory
 from vldistill.errors import UserError
-from vldistill.matching import MatchOptions, sample_batches, tesla_match
+from vldistill.matching import MatchOptions, sample_batches, tesla_match, unroll_match
 from vldistill.models.image_towers import ConvNet
 from vldistill.models.student import DualEncoder, FunctionalStudent
 from vldistill.similarity import build_similarity
@@ -49,6 +49,30 @@ def test_estimate_covers_a_measured_iteration(steps):
     estimate = memory.estimate_distill_memory(model, n, batch, size, text_dim,
                                               sum(p.numel() for p in sim.parameters()))
     assert measured <= estimate.total <= 4 * measured, (measured, estimate.parts)
+
+
+def _matching_peak(match, steps: int) -> int:
+    torch.manual_seed(0)
+    n, batch, size, text_dim = 40, 10, 16, 24
+    student = FunctionalStudent(DualEncoder(ConvNet(size, width=16, depth=2), text_dim))
+    images = torch.randn(n, 3, size, size, requires_grad=True)
+    texts = torch.randn(n, text_dim, requires_grad=True)
+    sim = build_similarity("identity", n)
+    start = student.flat_params()
+    target = tuple(p + 0.01 * torch.randn_like(p) for p in start)
+    batches = sample_batches(n, batch, steps, torch.Generator().manual_seed(0))
+    return _peak_tensor_bytes(lambda: match(student, images, texts, sim, 0.1, 0.1, start, target,
+                                            batches, MatchOptions()))
+
+
+def test_full_unroll_memory_grows_with_steps_and_teslas_does_not():
+    tesla = {t: _matching_peak(tesla_match, t) for t in (2, 8)}
+    unroll = {t: _matching_peak(unroll_match, t) for t in (2, 8)}
+    assert tesla[8] <= 1.15 * tesla[2]
+    assert unroll[8] >= 2.5 * unroll[2]
+    model = DualEncoder(ConvNet(16, width=16, depth=2), 24)
+    kept = [memory.estimate_distill_memory(model, 40, 10, 16, 24, kept_steps=t).total for t in (2, 8)]
+    assert kept[1] >= 2.5 * kept[0] and kept[1] >= unroll[8]       # the estimate follows (and covers) it
 
 
 def test_saved_bytes_scale_with_the_image_area():

@@ -35,6 +35,9 @@ def _config_for(target: str, overrides: list[str]) -> Config:
     if path.is_dir():
         if not (path / "config.yaml").is_file():
             raise UserError(f"{target!r} is a folder without config.yaml: give a config file or a run directory")
+        if any(item.startswith("fidelity=") for item in overrides):    # its settings are resolved
+            raise UserError(f"{target!r} ran with the fidelity in its config.yaml, whose settings "
+                            "are resolved there: to change the mode, start a new run_dir")
         return load_config(path / "config.yaml", [f"run_dir={path}", "distill.resume=true", *overrides])
     return load_config(path, overrides)
 

@@ -51,8 +51,11 @@ def init_synthetic(cfg: Config, data: PreparedData,
     entries -- `distill.init_draw` -- as their plain or augmented image), or noise."""
     d = cfg.distill
     draw = data.real_pairs if d.init_draw == "images" else data.real_entries
-    with seeds.seeded(int(torch.randint(2 ** 62, (1,), generator=generator))):    # augmentation draws
-        images, texts, captions = draw(d.n_pairs, generator, augment=d.init_augment)
+    if d.init_augment:      # the augmentations draw from torch's generator: seed it from ours
+        with seeds.seeded(int(torch.randint(2 ** 62, (1,), generator=generator))):
+            images, texts, captions = draw(d.n_pairs, generator, augment=True)
+    else:
+        images, texts, captions = draw(d.n_pairs, generator)
     if d.init == "noise":
         images = torch.randn(images.shape, generator=generator)
         mean, std = data.text["train"].mean(0), data.text["train"].std(0)

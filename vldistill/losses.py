@@ -87,7 +87,7 @@ def wbce(logits: torch.Tensor, target: torch.Tensor, eps: float = 0.0) -> torch.
     """
     per_entry = _bce_matrix_eps(logits, target, eps) if eps > 0 else _bce_matrix(logits, target)
     positive = (target > 0.5).detach()
-    n_pos, n_neg = positive.sum(), (~positive).sum()
+    n_pos, n_neg = positive.sum().to(per_entry.dtype), (~positive).sum().to(per_entry.dtype)
     if eps > 0:
         n_pos, n_neg = n_pos + eps, n_neg + eps
     else:

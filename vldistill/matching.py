@@ -220,8 +220,8 @@ def unroll_match(student: FunctionalStudent, images: torch.Tensor, texts: torch.
     (loss_img + loss_txt).backward()
     if not (options.lr_grad == "branch" and options.merge_branches):
         grad_lr_img, grad_lr_txt = eta_img.grad, eta_txt.grad
-    return MatchResult(float(loss_img + loss_txt), float(loss_img), float(loss_txt),
-                       float(grad_lr_img), float(grad_lr_txt))
+    loss_img, loss_txt = float(loss_img.detach()), float(loss_txt.detach())
+    return MatchResult(loss_img + loss_txt, loss_img, loss_txt, float(grad_lr_img), float(grad_lr_txt))
 
 
 Matcher = Callable[..., MatchResult]
