@@ -132,7 +132,10 @@ def load_expert(cfg: Config, data: PreparedData, store: TrajectoryStore,
 @torch.no_grad()
 def _recalibrate_batchnorm(model: DualEncoder, split, device: torch.device, batch_size: int = 256) -> None:
     """Snapshots hold parameters only; a BatchNorm tower gets its running statistics back from
-    one pass over the training images (cumulative averages), so eval mode is meaningful."""
+    one pass over the training images (cumulative averages), so eval mode is meaningful. With
+    model.batchnorm frozen the expert never changed them: the pretrained ones stay."""
+    if model.batchnorm == "frozen":
+        return
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
              and m.track_running_stats]
     if not norms:

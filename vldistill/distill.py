@@ -30,7 +30,7 @@ from .checkpoint import BestSoFar, read_checkpoint, write_checkpoint
 from .config import Config
 from .data import PreparedData
 from .errors import NonFiniteError, UserError
-from .trajectories import TrajectoryStore, store_manifest
+from .trajectories import TrajectoryStore, store_manifest, warn_if_other_recipe
 from .interrupts import deferred_interrupts
 from .io import append_jsonl, remove_leftover_temps
 from .matching import MATCHERS, MatchOptions, sample_batches
@@ -73,6 +73,7 @@ class Distiller:
         self.sim_kind = d.sim_kind
         self.manifest = store.check(store_manifest(cfg, data, build_student(
             cfg.model, data.dataset.image_size, data.text_dim, seed=0)))
+        warn_if_other_recipe(self.manifest, cfg, store.dir)
         stored = self.manifest.get("epochs", [])
         if d.last_epoch_used not in stored:
             raise UserError(f"distill needs expert epoch {d.last_epoch_used} "

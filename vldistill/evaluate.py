@@ -24,6 +24,7 @@ from .augment import augment
 from .config import Config
 from .data import PreparedData
 from .errors import MissingFileError, UserError
+from .models.pretrained import IMAGENET
 from .models.student import DualEncoder, build_student
 from .seeds import derive_seed, seeded
 from .synset import DistilledSet
@@ -84,7 +85,7 @@ def eval_towers(cfg: Config) -> list[EvalTower]:
             raise UserError(f"eval.towers.{key}: that key is the distilled-on tower's results key; "
                             "give this entry another name and set its image_tower")
 
-        if t.pretrained_path and not Path(t.pretrained_path).expanduser().is_file():
+        if t.pretrained_path not in (None, IMAGENET) and not Path(t.pretrained_path).expanduser().is_file():
             raise MissingFileError(f"eval.towers.{key}.pretrained_path {t.pretrained_path!r} not "
                                    "found (checked before any student trains)")
 

@@ -22,7 +22,7 @@ from .errors import UserError
 from .models.student import FunctionalStudent, build_student
 from .seeds import derive_seed
 from .training import retrieval_metrics, sgd_for_student, train_epoch_on_pairs
-from .trajectories import Snapshot, TrajectoryStore, epochs_to_keep, store_manifest
+from .trajectories import Snapshot, TrajectoryStore, epochs_to_keep, expert_recipe, store_manifest
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def run_buffer(cfg: Config, data: PreparedData, device: torch.device, store: Tra
         store.check(manifest)       # a restart adds experts only to a store of the same setup
     if rank == 0:
         store.write_manifest(manifest | {"vldistill": __version__, "epochs": epochs_to_keep(cfg),
-                                         "lr_teacher": cfg.buffer.lr_teacher})
+                                         "recipe": expert_recipe(cfg)})
     distributed.barrier()       # under torchrun: no rank goes on before the manifest exists
     done = set(store.experts())
     mine = [k for k in range(rank, cfg.buffer.num_experts, world_size) if k not in done]

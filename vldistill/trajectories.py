@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STORE_FORMAT = 1
+_BEFORE_RECORDED = {"pretrained": None, "batchnorm": "batch"}   # what stores made before these keys mean
 
 
 @dataclass
@@ -92,7 +93,7 @@ class TrajectoryStore:
         """Refuse a store made with other towers, layout or data; name the field that differs."""
         manifest = self.manifest()
         for key, value in expected.items():
-            if manifest.get(key) != value:
+            if manifest.get(key, _BEFORE_RECORDED.get(key)) != value:
                 raise UserError(f"trajectory store {str(self.dir)!r} was made with {key}="
                                 f"{_short(manifest.get(key))}, this run has {key}={_short(value)}: "
                                 "rebuild the buffer or point buffer.dir at a matching store")
@@ -142,7 +143,27 @@ def store_manifest(cfg: "Config", data: "PreparedData", student: DualEncoder) ->
         "dataset": data.dataset.name,
         "dataset_fingerprint": data.dataset.fingerprint,
         "temperature": cfg.model.temperature,
+        "pretrained": Path(cfg.model.pretrained_path).name if cfg.model.pretrained_path else None,
+        "batchnorm": cfg.model.batchnorm,
     }
+
+
+def expert_recipe(cfg: "Config") -> dict:
+    """How the experts trained, beyond what `store_manifest` requires: a store made with another
+    recipe is still used (a deliberate reuse, e.g. one store for both fidelities), with a warning."""
+    b = cfg.buffer
+    return {"text_dropout": b.text_dropout, "drop_last": b.drop_last, "head_dropout": cfg.model.head_dropout,
+            "augment": not cfg.data.no_aug, "pairs_per_epoch": b.pairs_per_epoch,
+            "batch_size": b.batch_size, "lr_teacher": b.lr_teacher}
+
+
+def warn_if_other_recipe(manifest: dict, cfg: "Config", store_dir: Path) -> None:
+    recorded = manifest.get("recipe") or {}
+    differs = {k: (recorded[k], v) for k, v in expert_recipe(cfg).items() if k in recorded and recorded[k] != v}
+    if differs:
+        log.warning("trajectory store %s: its experts trained with %s; this run's settings say %s. "
+                    "Using them as they are", store_dir, {k: a for k, (a, _) in differs.items()},
+                    {k: b for k, (_, b) in differs.items()})
 
 
 def epochs_to_keep(cfg: "Config") -> list[int]:
