@@ -44,6 +44,9 @@ def field_comments(cls: type) -> dict[str, tuple[list[str], str]]:
 
 
 def _scalar(value) -> str:
+    """One YAML value on one line (lists in flow style)."""
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_scalar(v) for v in value) + "]"
     return OmegaConf.to_yaml({"v": value}).strip()[3:]
 
 
