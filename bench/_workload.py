@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vldistill.losses import soft_contrastive_loss  # noqa: E402
-from vldistill.matching import sample_batches, tesla_match  # noqa: E402
+from vldistill.matching import MatchOptions, sample_batches, tesla_match, unroll_match  # noqa: E402
 from vldistill.models.image_towers import create_image_tower  # noqa: E402
 from vldistill.models.student import DualEncoder, FunctionalStudent  # noqa: E402
 from vldistill.similarity import Similarity, build_similarity  # noqa: E402
@@ -98,26 +98,14 @@ def tesla_iteration(w: Workload, batches: list[torch.Tensor]) -> float:
     """One TESLA matching iteration, exactly as distill runs it; returns the matching loss."""
     w.zero_grad()
     return tesla_match(w.student, w.images, w.texts, w.similarity, w.lr, w.lr, w.start, w.target,
-                       batches, w.loss).loss
+                       batches, MatchOptions(w.loss)).loss
 
 
 def unrolled_iteration(w: Workload, batches: list[torch.Tensor]) -> float:
-    """The MTT form: keep the graph of all T steps (phi_t not detached), backward once."""
+    """The MTT form VL-distill uses (`distill.matching: unroll`): the graph of all T steps kept."""
     w.zero_grad()
-    eta = torch.tensor([w.lr, w.lr], device=w.device, requires_grad=True)
-    phi = w.start[0].detach().requires_grad_(True)
-    psi = w.start[1].detach().requires_grad_(True)
-    phi_s, psi_s = phi, psi
-    for idx in batches:
-        target = w.similarity.matrix(idx)
-        logits = w.student.logits(phi, psi, w.images[idx], w.texts[idx])
-        g_img, g_txt = torch.autograd.grad(soft_contrastive_loss(logits, target, w.loss),
-                                           (phi, psi), create_graph=True)
-        phi, psi = phi - eta[0] * g_img, psi - eta[1] * g_txt
-    loss = sum((end - goal).pow(2).sum() / (begin - goal).pow(2).sum()
-               for end, begin, goal in ((phi, phi_s, w.target[0]), (psi, psi_s, w.target[1])))
-    loss.backward()
-    return float(loss.detach())
+    return unroll_match(w.student, w.images, w.texts, w.similarity, w.lr, w.lr, w.start, w.target,
+                        batches, MatchOptions(w.loss)).loss
 
 
 METHODS = {"plain": plain_steps, "tesla": tesla_iteration, "unrolled": unrolled_iteration}

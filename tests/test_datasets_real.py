@@ -311,6 +311,7 @@ REFERENCE = {
     "coco_lors_500": (499, 30, 2, 5000, 500, 40, 1, True, 10.0, 3000, 50),
 }
 VLDISTILL = [f"{dataset}_vldistill_{size}" for dataset in ("flickr30k", "coco") for size in (100, 200, 500)]
+REPBLEND = [f"{dataset}_repblend_{size}" for dataset in ("flickr30k", "coco") for size in (100, 200, 500)]
 
 
 @pytest.mark.parametrize("config", sorted(REFERENCE))
@@ -348,13 +349,13 @@ def test_vl_distill_configs_are_its_readme_command_on_the_same_experts(config):
     assert run.buffer.dir == buffer.buffer.dir and run.model == buffer.model       # the same experts
 
 
-@pytest.mark.parametrize("config", sorted(REFERENCE) + VLDISTILL)
+@pytest.mark.parametrize("config", sorted(REFERENCE) + VLDISTILL + REPBLEND)
 def test_every_paper_config_runs_in_reference_mode_on_a_tiny_fixture(config, tmp_path, cache_dir):
     from vldistill.cli import main
     write_karpathy(tmp_path, {"train": [2] * 12, "val": [5, 5, 5], "test": [5, 6, 5]})
     run_dir = tmp_path / "run"
     bert = make_tiny_bert(tmp_path / "bert", caption_pool(200))        # stands in for bert-base-uncased
-    method = "vl-distill" if "vldistill" in config else "lors"
+    method = {"vldistill": "vl-distill", "repblend": "repblend"}.get(config.split("_")[1], "lors")
     code = main(["run", f"configs/{config}.yaml", f"data.image_root={tmp_path / 'images'}",
                  f"data.ann_root={tmp_path / 'ann'}", "data.train_json=train.json",
                  "data.val_json=val.json", "data.test_json=test.json", f"run_dir={run_dir}",

@@ -1,22 +1,25 @@
 """Both matching forms against autograd through a naive unroll of the student steps: TESLA's
 two-pass gradient equals the unroll with stop-gradient on phi_t (also with dropout in the
-student, whose masks both passes share, and with the reference's WBCE eps), the full unroll
-equals it without stop-gradient, and the learned lrs' gradients follow the chosen rule."""
+student, whose masks both passes share, with the reference's WBCE eps, and with RepBlend's
+frozen backbone and blended representations, whose lam and pi both passes share), the full
+unroll equals it without stop-gradient, and the learned lrs' gradients follow the chosen rule."""
 import pytest
 import torch
 
 from vldistill.losses import soft_contrastive_loss
 from vldistill.matching import MatchOptions, sample_batches, tesla_match, unroll_match
 from vldistill.models.image_towers import ConvNet
-from vldistill.models.student import DualEncoder, FunctionalStudent
+from vldistill.models.student import Blend, DualEncoder, FunctionalStudent
 from vldistill.seeds import seeded
 from vldistill.similarity import build_similarity
 
 
-def _setup(sim_kind: str, seed: int = 0, dropout: float = 0.0, logit_scale: float | None = None):
+def _setup(sim_kind: str, seed: int = 0, dropout: float = 0.0, logit_scale: float | None = None,
+           frozen_backbone: bool = False, blend_alpha: float = 0.0):
     torch.manual_seed(seed)
-    model = DualEncoder(ConvNet(8, width=4, depth=1), text_dim=6, temperature=0.5, dropout=dropout).double()
-    student = FunctionalStudent(model, logit_scale)
+    model = DualEncoder(ConvNet(8, width=4, depth=1), text_dim=6, temperature=0.5, dropout=dropout,
+                        frozen_backbone=frozen_backbone).double()
+    student = FunctionalStudent(model, logit_scale, blend_alpha)
     n = 7
     images = torch.randn(n, 3, 8, 8, dtype=torch.float64, requires_grad=True)
     texts = torch.randn(n, 6, dtype=torch.float64, requires_grad=True)
@@ -32,7 +35,8 @@ def _setup(sim_kind: str, seed: int = 0, dropout: float = 0.0, logit_scale: floa
 def _naive(student, images, texts, sim, lr_img, lr_txt, start, target, batches, options,
            stop_gradient=True, seeds=None):
     """Autograd through the T steps written out: phi_{t+1} = phi_t - eta g_t, each step's
-    dropout drawn from seeds[t]; stop_gradient detaches phi_t before each step (TESLA)."""
+    dropout (and blend) drawn once from seeds[t]; stop_gradient detaches phi_t before each step
+    (TESLA)."""
     seeds = list(range(len(batches))) if seeds is None else seeds
     eta_img = torch.tensor(lr_img, dtype=torch.float64, requires_grad=True)
     eta_txt = torch.tensor(lr_txt, dtype=torch.float64, requires_grad=True)
@@ -63,8 +67,8 @@ def _naive(student, images, texts, sim, lr_img, lr_txt, start, target, batches, 
     return float(total.detach()), [float(g) for g in lr_grads]
 
 
-def _compare(match, stop_gradient, sim_kind, options, steps, dropout=0.0, step_seeds=None):
-    student, images, texts, sim, start, target = _setup(sim_kind, dropout=dropout)
+def _compare(match, stop_gradient, sim_kind, options, steps, dropout=0.0, step_seeds=None, **model):
+    student, images, texts, sim, start, target = _setup(sim_kind, dropout=dropout, **model)
     batches = sample_batches(len(images), 3, steps, torch.Generator().manual_seed(1))
     result = match(student, images, texts, sim, 0.3, 0.2, start, target, batches, options, step_seeds)
     fast = [images.grad.clone(), texts.grad.clone()] + [p.grad.clone() for p in sim.parameters()]
@@ -114,6 +118,32 @@ def test_dropout_masks_are_shared_by_both_passes():
     first = _compare(tesla_match, True, "lowrank", options, 3, dropout=0.3, step_seeds=seeds)
     other = _compare(tesla_match, True, "lowrank", options, 3, dropout=0.3, step_seeds=[21, 22, 23])
     assert not torch.allclose(first[0], other[0])
+
+
+REPBLEND = {"frozen_backbone": True, "blend_alpha": 1.0}       # heads over a frozen backbone, blended
+
+
+@pytest.mark.parametrize("match,stop", [(tesla_match, True), (unroll_match, False)])
+@pytest.mark.parametrize("sim_kind,loss_kind,merge", CASES[:2])
+def test_blended_steps_equal_autograd_through_the_unroll(match, stop, sim_kind, loss_kind, merge):
+    """RepBlend: phi is the image head, the pixels' gradient comes through the frozen backbone,
+    and each step blends its representations with one lam and pi drawn from the step's seed --
+    the same in TESLA's two passes, so its gradient is still the stop-gradient unroll's (with
+    dropout on too). Blending changes the gradient, and so does another draw."""
+    options = MatchOptions(loss_kind, merge_branches=merge)
+    blended = _compare(match, stop, sim_kind, options, 3, 0.2, [5, 6, 7], **REPBLEND)
+    redrawn = _compare(match, stop, sim_kind, options, 3, 0.2, [8, 9, 10], **REPBLEND)
+    plain = _compare(match, stop, sim_kind, options, 3, 0.2, [5, 6, 7], frozen_backbone=True)
+    assert not torch.allclose(blended[0], plain[0]) and not torch.allclose(blended[0], redrawn[0])
+
+
+def test_blending_with_lambda_one_is_the_unblended_method(monkeypatch):
+    """lam = 1 leaves every representation as it is: bit for bit the unblended gradients."""
+    options = MatchOptions("wbce", merge_branches=True)
+    plain = _compare(tesla_match, True, "lowrank", options, 3, frozen_backbone=True)
+    monkeypatch.setattr(Blend, "draw", staticmethod(lambda alpha, b: Blend(1.0, torch.randperm(b))))
+    forced = _compare(tesla_match, True, "lowrank", options, 3, **REPBLEND)
+    assert all(torch.equal(a, b) for a, b in zip(plain, forced))
 
 
 @pytest.mark.parametrize("match,stop", [(tesla_match, True), (unroll_match, False)])

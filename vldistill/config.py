@@ -73,9 +73,11 @@ class ModelConfig:
     convnet_depth: int = 3
     text_tower: str = "minilm"            # a registered text tower: minilm | st:DIR | hf:DIR | open_clip:NAME@CKPT
     text_batch_size: int = 256            # captions per forward pass when filling the cache
-    head_dropout: Optional[float] = None  # mode: dropout inside the text projection head (reference 0.1)
+    head_dropout: Optional[float] = None  # mode: dropout inside the projection heads (reference 0.1)
     batchnorm: str = "batch"              # batch: batch statistics in training | frozen: running statistics always
     temperature: float = 0.07             # logits = cos / temperature (experts and evaluation)
+    frozen_backbone: bool = False         # RepBlend: the image tower is frozen (eval mode, never trained) and
+                                          # a trainable image head follows it; only the two heads train
 
     def __post_init__(self) -> None:
         _registered(self, "image_tower", "image tower")
@@ -99,6 +101,8 @@ class BufferConfig:
     drop_last: Optional[bool] = None      # mode: drop an epoch's last, partial batch (reference: yes)
     text_dropout: Optional[bool] = None   # mode: experts run the text tower per batch in train mode
                                           # (dropout-noised features, reference) instead of the cache
+    backbone_per_batch: Optional[bool] = None  # mode: with model.frozen_backbone, experts (and `full`) run
+                                          # it on every (augmented) batch (reference) instead of cached features
     store_all_epochs: bool = False        # False: keep only epochs distillation can use
     dir: Optional[str] = None             # trajectory store; default RUN_DIR/buffer (share it across runs)
 
@@ -123,6 +127,8 @@ class DistillConfig:
                                           # new permutation's first mini_batch every step (VL-distill)
     matching: str = "tesla"               # tesla (constant memory, stop-gradient on the student) | unroll
     logit_scale: Optional[float] = None   # inner-loop logit scale; null: 1 / model.temperature
+    blend_alpha: float = 0.0              # RepBlend: >0 blends representations in each student step,
+                                          # lam ~ Beta(alpha, alpha) (experts and evaluation never blend)
     sim_kind: str = "lowrank"             # a registered similarity: lowrank | full | identity
     rank: int = 10
     alpha: float = 3.0
@@ -158,7 +164,7 @@ class DistillConfig:
         _positive(self, "n_pairs", "iterations", "syn_steps", "expert_epochs", "mini_batch",
                   "rank", "checkpoint_every", "max_bad_steps", "lr_teacher", "min_lr", "logit_scale")
         _non_negative(self, "lr_img", "lr_txt", "lr_lr", "lr_sim", "momentum_syn", "momentum_lr",
-                      "momentum_sim", "min_start_epoch", "loss_eps", "eval_every")
+                      "momentum_sim", "min_start_epoch", "loss_eps", "eval_every", "blend_alpha")
         _registered(self, "sim_kind", "similarity")
         _registered(self, "loss", "loss")
         _registered(self, "matching", "matching")
@@ -216,6 +222,8 @@ class EvalTowerConfig:
     full_epochs: Optional[int] = None
     batch_size: Optional[int] = None
     augment: Optional[str] = None
+    frozen_backbone: Optional[bool] = None  # false: students fine-tune the whole tower, no image head (LoRS's
+                                          # protocol for a RepBlend set); null: model.frozen_backbone
     methods: Optional[list[str]] = None   # null: eval.methods
 
     def __post_init__(self) -> None:

@@ -99,7 +99,8 @@ class Distiller:
             groups.append({"params": [self.lr_raw], "lr": d.lr_lr, "momentum": d.momentum_lr})
         self.optimizer = torch.optim.SGD(groups, lr=d.lr_img)
         self.student = FunctionalStudent(build_student(cfg.model, data.dataset.image_size,
-                                                       data.text_dim, seed=0).to(device), d.logit_scale)
+                                                       data.text_dim, seed=0).to(device), d.logit_scale,
+                                         d.blend_alpha)
         self.options = MatchOptions(d.loss, d.loss_eps, d.merge_branches, d.lr_grad)
         self.ema = [t.detach().clone() for t in self._exported()] if d.ema_decay > 0 else None
         self.iteration, self.bad_in_a_row, self.skipped = 0, 0, 0

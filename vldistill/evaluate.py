@@ -9,6 +9,10 @@ reproduces LoRS's best-on-test choice and is labelled so in every output.
 
 Towers: every method is evaluated on the tower the set was distilled with (`model.*`, with
 the `eval.*` recipe) and on each of `eval.towers` with its own recipe (cross-architecture).
+A tower with a frozen backbone (RepBlend) trains only the two heads, on the backbone's
+features: the set's computed once per student, the scored splits' read from the feature
+cache (`vldistill.repblend`); `eval.towers.*.frozen_backbone: false` evaluates a RepBlend set
+under LoRS's protocol instead (the whole tower fine-tuned, no image head).
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ from .data import PreparedData
 from .errors import MissingFileError, UserError
 from .models.pretrained import IMAGENET
 from .models.student import DualEncoder, build_student
+from .repblend import real_data_for, set_inputs
 from .seeds import derive_seed, seeded
 from .synset import DistilledSet
 from .similarity import IdentitySimilarity
@@ -61,15 +66,18 @@ class EvalTower:
     augment: str
     methods: tuple[str, ...]
     distilled_on: bool = False      # the tower the sets were distilled with
+    frozen_backbone: bool = False   # students train only the heads over the frozen tower
 
     def settings(self) -> dict:
         """The recipe as results.json records it."""
         return {"image_tower": self.image_tower, "lr": self.lr, "full_lr": self.full_lr,
                 "epochs": self.epochs, "full_epochs": self.full_epochs,
-                "batch_size": self.batch_size, "augment": self.augment}
+                "batch_size": self.batch_size, "augment": self.augment,
+                "frozen_backbone": self.frozen_backbone}
 
     def build(self, cfg: Config, data: PreparedData, seed: int) -> DualEncoder:
-        model_cfg = replace(cfg.model, image_tower=self.image_tower, pretrained_path=self.pretrained_path)
+        model_cfg = replace(cfg.model, image_tower=self.image_tower, pretrained_path=self.pretrained_path,
+                            frozen_backbone=self.frozen_backbone)
         return build_student(model_cfg, data.dataset.image_size, data.text_dim, seed=seed)
 
 
@@ -79,7 +87,8 @@ def eval_towers(cfg: Config) -> list[EvalTower]:
     full_lr = e.full_lr if e.full_lr is not None else cfg.buffer.lr_teacher
     towers = [EvalTower(cfg.model.image_tower, cfg.model.image_tower, cfg.model.pretrained_path,
                         e.lr, full_lr, e.epochs, e.lr_drop_epoch, e.full_epochs, e.batch_size,
-                        e.augment, tuple(e.methods), distilled_on=True)]
+                        e.augment, tuple(e.methods), distilled_on=True,
+                        frozen_backbone=cfg.model.frozen_backbone)]
     for key, t in e.towers.items():
         if key == cfg.model.image_tower:
             raise UserError(f"eval.towers.{key}: that key is the distilled-on tower's results key; "
@@ -95,7 +104,8 @@ def eval_towers(cfg: Config) -> list[EvalTower]:
         towers.append(EvalTower(key, t.image_tower or key, t.pretrained_path, pick(t.lr, e.lr),
                                 pick(t.full_lr, full_lr), epochs, round(epochs * e.lr_drop_epoch / e.epochs),
                                 pick(t.full_epochs, e.full_epochs), pick(t.batch_size, e.batch_size),
-                                pick(t.augment, e.augment), tuple(pick(t.methods, e.methods))))
+                                pick(t.augment, e.augment), tuple(pick(t.methods, e.methods)),
+                                frozen_backbone=pick(t.frozen_backbone, cfg.model.frozen_backbone)))
     return towers
 
 
@@ -157,11 +167,13 @@ def train_on_set(cfg: Config, data: PreparedData, synthetic: DistilledSet, seed:
     lr_txt = lr_img if tower.lr is not None or e.shared_lr else synthetic.lr_txt
     optimizer = sgd_for_student(model, lr_img, lr_txt, e.momentum, e.weight_decay)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, [tower.lr_drop_epoch], gamma=0.1)
-    images, texts = synthetic.images.to(device), synthetic.text_embeddings.to(device)
+    images = set_inputs(model, synthetic.images.to(device), tower.augment)
+    texts = synthetic.text_embeddings.to(device)
     similarity = synthetic.similarity.to(device)
     kind = loss_kind or synthetic.card.get("loss", "infonce")
     generator = torch.Generator().manual_seed(seed)
-    selector = _EpochSelector(model, data, e.selection, device)
+    scoring = real_data_for(model, data, cfg, device, ("val", "test"))      # features when frozen
+    selector = _EpochSelector(model, scoring, e.selection, device)
     scored = set(scored_epochs(tower.epochs, e.first_scored_epoch, e.val_every))
     for epoch in range(1, tower.epochs + 1):
         model.train()
@@ -185,6 +197,7 @@ def train_on_full(cfg: Config, data: PreparedData, seed: int, device: torch.devi
     model = prepare_student(tower.build(cfg, data, seed), device, cfg.amp)
     optimizer = sgd_for_student(model, tower.full_lr, tower.full_lr, cfg.buffer.momentum,
                                 cfg.buffer.weight_decay)
+    data = real_data_for(model, data, cfg, device, ("val", "test"), train=True)
     selector = _EpochSelector(model, data, cfg.eval.selection, device)
     for epoch in range(1, tower.full_epochs + 1):
         train_epoch_on_pairs(model, optimizer, data.dataset.train, data.text["train"],

@@ -1,8 +1,10 @@
 """The buffer stage: train expert students on the real data and store their trajectories.
 
 Each expert is a fresh student trained with plain InfoNCE and SGD; after every epoch its
-image tower (phi) and text head (psi) are snapshotted as flat vectors into the trajectory
-store (`vldistill.trajectories`). Only the epochs that distillation can read
+image tower (phi; the image head over a frozen backbone) and text head (psi) are snapshotted
+as flat vectors into the trajectory store (`vldistill.trajectories`). Over a frozen backbone
+the experts read its cached features of the real images (`vldistill.repblend`) unless
+buffer.backbone_per_batch. Only the epochs that distillation can read
 (0 .. max_start_epoch - 1 + expert_epochs) are kept unless `buffer.store_all_epochs`. A
 restarted buffer skips the experts already stored. With torchrun, each rank trains its share.
 """
@@ -20,6 +22,7 @@ from .config import Config
 from .data import PreparedData
 from .errors import UserError
 from .models.student import FunctionalStudent, build_student
+from .repblend import real_data_for
 from .seeds import derive_seed
 from .training import retrieval_metrics, sgd_for_student, train_epoch_on_pairs
 from .trajectories import Snapshot, TrajectoryStore, epochs_to_keep, expert_recipe, store_manifest
@@ -34,6 +37,7 @@ def train_expert(k: int, cfg: Config, data: PreparedData, device: torch.device,
     model = prepare_student(build_student(cfg.model, data.dataset.image_size, data.text_dim, seed=seed),
                             device, cfg.amp)
     fs = FunctionalStudent(model)
+    data = real_data_for(model, data, cfg, device, ("val",), train=True)
     optimizer = sgd_for_student(model, cfg.buffer.lr_teacher, cfg.buffer.lr_teacher,
                                 cfg.buffer.momentum, cfg.buffer.weight_decay)
     keep = set(epochs_to_keep(cfg))

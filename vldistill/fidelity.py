@@ -1,8 +1,9 @@
 """The two modes of a run (`fidelity`), and every setting where they differ.
 
 `reference` makes a run behave as the authors' scripts do (LoRS_Distill at 8a712af for LoRS
-and its evaluation; multimodal_dataset_distillation for VL-distill, whose own differences are
-the `vl-distill` method's settings, `vldistill.methods`); `vldistill` is this project's choice.
+and its evaluation; multimodal_dataset_distillation for VL-distill and RepBlend for RepBlend,
+whose own differences are their methods' settings, `vldistill.methods`, `vldistill.repblend`);
+`vldistill` is this project's choice.
 Each difference is a config key whose default is null: `resolve(cfg)` fills a null key from
 the run's mode, and a value the config gives explicitly always wins. config.yaml records the
 resolved values, so a run directory says exactly what ran. The README's table "vldistill and
@@ -40,7 +41,8 @@ DIFFERENCES: tuple[Difference, ...] = (
                "them pass ±8 the reference's image gradient has cosine 0.95 with the exact one "
                "(0.76 at ±15), as NFNet + BERT runs at τ = 0.07 can reach"),
     Difference("model.head_dropout", 0.1, 0.0, ("0.1", "0"),
-               "dropout 0.1 in the text head in experts, every distillation step and evaluation",
+               "dropout 0.1 in the text head (and RepBlend's image head) in experts, every "
+               "distillation step and evaluation",
                "the demo's students, trained on 100 pairs, are not regularised by it (table below); "
                "with dropout, both TESLA passes of a step share one mask here (the reference draws "
                "two, so its gradient is not that of the loss it sums)"),
@@ -49,6 +51,11 @@ DIFFERENCES: tuple[Difference, ...] = (
                "with dropout",
                "the text tower runs once per unique caption (cached, clean): experts are several "
                "times faster and see the features distillation and evaluation use"),
+    Difference("buffer.backbone_per_batch", True, False, ("true", "false"),
+               "RepBlend's experts run the frozen backbone on every batch of augmented images",
+               "with model.frozen_backbone, the backbone's features of every plain (resized) image "
+               "are computed once and cached: experts train only the heads on them, many times "
+               "faster; the same as the reference when data.no_aug, without the augmentation otherwise"),
     Difference("buffer.drop_last", True, False, ("true", "false"),
                "expert epochs drop the last partial batch", "every pair is seen every epoch"),
     Difference("data.caption_cleaner", "reference", "strict", ("reference", "strict"),

@@ -24,8 +24,8 @@ import torch
 from .figures import (denormalize, save_image_grid, save_pair_panel, save_similarity_heatmap,
                       save_training_curves)
 from .io import write_text
-from .report import (LEGEND, SetInspection, TEST_NOTE, inspect_set, method_rows, results_title,
-                     selected_on_test, tower_settings, transfer_rows)
+from .report import (LEGEND, SetInspection, inspect_set, method_rows, results_notes, results_title,
+                     tower_settings, transfer_rows)
 from .synset import DistilledSet
 
 
@@ -65,7 +65,7 @@ def _results_context(results: dict | None) -> dict | None:
     return {"title": results_title(results), "methods": method_rows(results),
             "transfer": transfer_rows(results) if results.get("towers") else None,
             "tower_settings": tower_settings(results),
-            "test_note": TEST_NOTE if selected_on_test(results) else None}
+            "notes": results_notes(results)}
 
 
 def _set_context(method: str, synthetic: DistilledSet, inspection: SetInspection,

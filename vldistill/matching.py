@@ -18,8 +18,10 @@ into the synthetic batch, and moves on with phi_{t+1} = phi_t - eta g_t. Memory 
 step for any T; the result equals autograd through the naive unroll with stop-gradient on
 phi_t (tests/test_matching.py checks this).
 
-Randomness inside a student step (dropout in the text head) is drawn from a per-step seed, the
-same in both passes, so pass 2 differentiates exactly the g_t that pass 1 summed into G.
+Randomness inside a student step -- dropout in the heads, and RepBlend's blend of the
+representations (lam ~ Beta(a, a) and a permutation of the mini-batch, drawn by
+`FunctionalStudent` when its blend_alpha > 0) -- is drawn from a per-step seed, the same in both
+passes, so pass 2 differentiates exactly the g_t that pass 1 summed into G.
 
 `unroll_match` is the form VL-distill uses: the whole graph of the T steps is kept and
 differentiated without stop-gradient (memory grows with T). Both are registered in `MATCHERS`
@@ -81,7 +83,7 @@ def _step_gradients(student: FunctionalStudent, position: list[torch.Tensor], x:
     The gradient is taken w.r.t. per-parameter leaves, not the flat vectors, so no flat
     gradient is concatenated (and allocated) per step: for a 35M-parameter tower that copy
     and its fresh memory cost a plain step's worth of time on a CPU. The forward draws its
-    dropout masks from `seed`.
+    dropout masks (and blend) from `seed`.
     """
     leaves = [p.detach().requires_grad_(True) for p in position]
     names = student.image_layout.names + student.text_layout.names
@@ -124,7 +126,7 @@ def tesla_match(student: FunctionalStudent, images: torch.Tensor, texts: torch.T
         start: (phi_s, psi_s) expert snapshot; target: (phi*, psi*) the snapshot M epochs later.
         batches: the T index sets of the synthetic mini-batches (see `sample_batches`).
         options: loss, merged branches, lr-gradient rule (`MatchOptions`).
-        step_seeds: the seed of each step's random draws (dropout); default: step t uses t.
+        step_seeds: the seed of each step's random draws (dropout, blend); default: step t uses t.
     """
     step_seeds = list(range(len(batches))) if step_seeds is None else step_seeds
     phi_s, psi_s = (p.detach() for p in start)

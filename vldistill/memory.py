@@ -70,8 +70,9 @@ def saved_bytes_per_pair(model: nn.Module, image_size: int, text_dim: int) -> in
             nonlocal total
             total += t.numel() * t.element_size()
             return t
-        x = torch.empty(batch, 3, image_size, image_size, device="meta")
-        y = torch.empty(batch, text_dim, device="meta")
+        # the synthetic images and texts require grad, so a frozen backbone keeps its activations too
+        x = torch.empty(batch, 3, image_size, image_size, device="meta", requires_grad=True)
+        y = torch.empty(batch, text_dim, device="meta", requires_grad=True)
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             meta(x, y).sum()
         return total

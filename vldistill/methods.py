@@ -7,7 +7,8 @@ Two kinds, each one registered function:
   (`@register_method`): `random` real pairs, the `herding` and `kcenter` coresets, `full`;
 - a *distilled* method registers the settings its set is distilled and evaluated with,
   `fn(cfg) -> Config` (`@register_distilled`): `lors` (the config as given), `lors-identity`
-  (LoRS's pipeline with S = I), `vl-distill` (VL-distill's own algorithm and evaluation). The
+  (LoRS's pipeline with S = I), `vl-distill` (VL-distill's own algorithm and evaluation),
+  `repblend` and `repblend-noblend` (`vldistill.repblend`: frozen backbone, heads only). The
   distill stage makes one set per distilled method under its settings; its evaluation trains
   students on that set (Algorithm 2, `train_on_set`).
 
@@ -250,6 +251,13 @@ def evaluate_all(ctx: EvalContext) -> dict:
             "settings": tower.settings(),
             "methods": {name: evaluate_method(ctx, name, tower.label) for name in tower.methods}}
     return out
+
+
+# RepBlend's two methods live with the rest of RepBlend
+from .repblend import repblend, repblend_noblend  # noqa: E402
+
+register_distilled("repblend")(repblend)
+register_distilled("repblend-noblend")(repblend_noblend)
 
 
 __all__ = ["EvalContext", "METHODS", "Method", "distilled_methods", "evaluate_all",

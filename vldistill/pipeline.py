@@ -7,6 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from . import distributed
+from .config import Config
 from .data import PreparedData, prepare_data
 from .distill import run_distill
 from .figures import read_metrics
@@ -25,11 +26,17 @@ log = logging.getLogger(__name__)
 
 
 def stage_buffer(run: Run, data: PreparedData) -> TrajectoryStore:
-    """This process's share of the experts (all of them when it runs alone)."""
+    """This process's share of the experts (all of them when it runs alone), in every store the
+    run needs: its own and those of the distilled methods it evaluates whose experts differ
+    (e.g. `repblend`'s head-only experts). Returns the run's own store."""
     ctx = distributed.context()
-    store = run_buffer(run.cfg, data, run.device, run.store(), ctx.rank, ctx.world_size)
+    stores: dict[Path, Config] = {}
+    for cfg in [run.cfg] + [method_config(run.cfg, m) for m in distilled_methods(run.cfg.eval.methods)]:
+        stores.setdefault(run.store(cfg).dir.resolve(), cfg)
+    for cfg in stores.values():
+        run_buffer(cfg, data, run.device, run.store(cfg), ctx.rank, ctx.world_size)
     distributed.barrier()                   # every expert is on disk before any rank goes on
-    return store
+    return run.store()
 
 
 def stage_distill(run: Run, data: PreparedData, methods: list[str] | None = None) -> dict[str, DistilledSet]:

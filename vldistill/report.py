@@ -30,6 +30,8 @@ TEST_MARK = "†"
 FINAL_MARK = "‡"
 TEST_NOTE = (f"{TEST_MARK} epoch chosen on the TEST split (LoRS's protocol, "
              "eval.selection: test): optimistic, not comparable with val-selected numbers")
+FINAL_NOTE = (f"{FINAL_MARK} the last epoch's numbers, nothing selected (VL-distill's protocol, "
+              "eval.selection: final)")
 LEGEND = ("IR = text→image, TR = image→text Recall@K (%), r_mean = mean of the six; "
           f"mean ± std over seeds at the epoch chosen on val (on test where marked {TEST_MARK}, "
           f"the last epoch where marked {FINAL_MARK}: VL-distill's protocol); final = last epoch")
@@ -129,13 +131,16 @@ def markdown(table: Table) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
-def selected_on_test(results: dict) -> bool:
-    """Whether any number of a run was chosen on the test split (it then needs the † note)."""
-    return any(_on_test(s) for s in _all_summaries(results))
+def results_notes(results: dict) -> str:
+    """The footnotes a run's tables need: † test-selected, ‡ final-epoch numbers."""
+    return notes(_all_summaries(results))
 
 
-def _notes(summaries: list[dict]) -> str:
-    return f"\n\n{TEST_NOTE}" if any(_on_test(s) for s in summaries) else ""
+def notes(summaries: list[dict]) -> str:
+    """The footnotes the marks in these summaries need (empty if none)."""
+    marks = {_mark(s) for s in summaries}
+    return "\n\n".join(note for mark, note in ((TEST_MARK, TEST_NOTE), (FINAL_MARK, FINAL_NOTE))
+                       if mark in marks)
 
 
 def _all_summaries(results: dict) -> list[dict]:
@@ -161,7 +166,7 @@ def results_table(results: dict) -> str:
         text += ("\n\nCross-architecture transfer: r_mean (val-selected, ± std over seeds) of "
                  "students with other image towers, each with its own recipe\n\n"
                  + markdown(transfer_rows(results)) + "\n\n" + tower_settings(results))
-    return text + _notes(_all_summaries(results))
+    return "\n\n".join(part for part in (text, results_notes(results)) if part)
 
 
 def tower_settings(results: dict) -> str:
@@ -179,7 +184,8 @@ def tower_settings(results: dict) -> str:
 def compare_table(runs: Sequence[tuple[str, dict]]) -> str:
     """Several runs' results.json in one markdown table."""
     summaries = [s for _, r in runs for s in _all_summaries(r)]
-    return (f"Test split; {LEGEND}\n\n" + markdown(compare_rows(runs)) + _notes(summaries))
+    return "\n\n".join(part for part in (f"Test split; {LEGEND}", markdown(compare_rows(runs)),
+                                           notes(summaries)) if part)
 
 
 # ------------------------------------------------------------------ inspection
@@ -262,4 +268,4 @@ def card_captions(inspection: SetInspection) -> dict:
 __all__ = ["SetInspection", "card_captions", "compare_rows", "compare_table", "decode_captions",
            "decoded_text",
            "false_negatives", "inspect_set", "markdown", "method_rows",
-           "results_table", "results_title", "selected_on_test", "transfer_rows"]
+           "notes", "results_notes", "results_table", "results_title", "transfer_rows"]

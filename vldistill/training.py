@@ -64,9 +64,10 @@ def pair_batches(split: CaptionSplit, text: torch.Tensor, batch_size: int, seed:
 
 def sgd_for_student(model: DualEncoder, lr_image: float, lr_text: float, momentum: float,
                     weight_decay: float) -> torch.optim.SGD:
-    """One SGD with two groups: the image tower and the text head each get their own lr."""
+    """One SGD with two groups: the image tower (or the head over a frozen backbone) and the
+    text head each get their own lr."""
     return torch.optim.SGD([
-        {"params": model.image_tower.parameters(), "lr": lr_image, "name": "image"},
+        {"params": model.image_parameters(), "lr": lr_image, "name": "image"},
         {"params": model.text_head.parameters(), "lr": lr_text, "name": "text"},
     ], lr=lr_image, momentum=momentum, weight_decay=weight_decay)
 

@@ -31,12 +31,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STORE_FORMAT = 1
-_BEFORE_RECORDED = {"pretrained": None, "batchnorm": "batch"}   # what stores made before these keys mean
+_BEFORE_RECORDED = {"pretrained": None, "batchnorm": "batch",   # what stores made before these keys mean
+                    "frozen_backbone": False}
 
 
 @dataclass
 class Snapshot:
-    """Flat parameters of one expert epoch: image tower phi and text head psi."""
+    """Flat parameters of one expert epoch: image tower (or head over a frozen backbone) phi
+    and text head psi."""
 
     image: torch.Tensor
     text: torch.Tensor
@@ -145,6 +147,7 @@ def store_manifest(cfg: "Config", data: "PreparedData", student: DualEncoder) ->
         "temperature": cfg.model.temperature,
         "pretrained": Path(cfg.model.pretrained_path).name if cfg.model.pretrained_path else None,
         "batchnorm": cfg.model.batchnorm,
+        "frozen_backbone": cfg.model.frozen_backbone,
     }
 
 
@@ -154,7 +157,8 @@ def expert_recipe(cfg: "Config") -> dict:
     b = cfg.buffer
     return {"text_dropout": b.text_dropout, "drop_last": b.drop_last, "head_dropout": cfg.model.head_dropout,
             "augment": not cfg.data.no_aug, "pairs_per_epoch": b.pairs_per_epoch,
-            "batch_size": b.batch_size, "lr_teacher": b.lr_teacher}
+            "batch_size": b.batch_size, "lr_teacher": b.lr_teacher,
+            "backbone_per_batch": b.backbone_per_batch if cfg.model.frozen_backbone else None}
 
 
 def warn_if_other_recipe(manifest: dict, cfg: "Config", store_dir: Path) -> None:

@@ -4,9 +4,12 @@ VL-distill / LoRS references).
 
     logits = (1 / tau) * norm(f(x; phi)) @ norm(g(y; psi)).T        # (b, b)
 
+With `frozen_backbone` (RepBlend) the tower is a fixed feature extractor followed by a
+trainable image head at its width, f(x; phi) = h(B(x); phi): phi is the image head only.
+
 Distillation runs the student functionally from two flat parameter vectors (phi for the
-image tower, psi for the text head) with `torch.func.functional_call`; experts and evaluation
-students train it as an ordinary module.
+image tower or head, psi for the text head) with `torch.func.functional_call`; experts and
+evaluation students train it as an ordinary module.
 """
 from __future__ import annotations
 
@@ -41,27 +44,85 @@ class ProjectionHead(nn.Module):
         return self.layer_norm(projected + self.dropout(self.fc(F.gelu(projected))))
 
 
+@dataclass(frozen=True)
+class Blend:
+    """RepBlend's representation blending of a mini-batch: v -> lam v + (1 - lam) v[perm], the
+    same lam and perm for the image features and the text embeddings (soft targets unblended)."""
+
+    lam: float
+    perm: torch.Tensor
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        return self.lam * v + (1.0 - self.lam) * v[self.perm.to(v.device)]
+
+    @staticmethod
+    def draw(alpha: float, batch: int) -> "Blend":
+        """lam ~ Beta(alpha, alpha) and one permutation, from torch's global CPU generator: the
+        caller seeds each student step (`seeds.seeded`), so a replayed step draws them again."""
+        concentration = torch.tensor(float(alpha))
+        lam = float(torch.distributions.Beta(concentration, concentration).sample())
+        return Blend(lam, torch.randperm(batch))
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """Turn every parameter of `module` into a buffer of the same name: frozen weights are state,
+    not parameters, so no optimizer, parameter layout or trajectory snapshot can pick them up,
+    while `.to()`, `state_dict()` and the forward see them as before."""
+    for sub in module.modules():
+        for name, param in list(sub._parameters.items()):
+            if param is not None:
+                del sub._parameters[name]
+                sub.register_buffer(name, param.detach())
+    return module
+
+
 class DualEncoder(nn.Module):
-    """Image tower + text head; `forward(x, y)` gives the (b, b) logits of a batch of pairs.
+    """Image tower (+ image head) and text head; `forward(x, y)` gives the (b, b) logits of a
+    batch of pairs.
 
     `batchnorm="frozen"` keeps every batch-norm layer of the image tower in eval mode (its
     running statistics, never updated), also while the rest trains: the student is then a
     pure function of its parameters. `"batch"` is PyTorch's usual train/eval behaviour.
+
+    `frozen_backbone`: the tower's weights become buffers (`freeze`) and the tower always runs
+    in eval mode (batch norm on its running statistics whatever `batchnorm` says), a fixed
+    function B; a trainable `image_head` at its width follows. Inputs of
+    shape (b, d) are then taken to be B's features already (the real-image feature cache,
+    `vldistill.repblend`) and go straight to the head. Blending (`forward(blend=...)`) is
+    what distillation's functional student asks for (`FunctionalStudent`); training the
+    module itself (experts, evaluation) never blends.
     """
 
     def __init__(self, image_tower: nn.Module, text_dim: int, temperature: float = 0.07,
-                 dropout: float = 0.0, batchnorm: str = "batch"):
+                 dropout: float = 0.0, batchnorm: str = "batch", frozen_backbone: bool = False):
         super().__init__()
-        self.image_tower = image_tower
-        self.text_head = ProjectionHead(text_dim, image_tower.num_features, dropout)
+        width = image_tower.num_features
+        self.image_tower = freeze(image_tower) if frozen_backbone else image_tower
+        self.image_head = ProjectionHead(width, width, dropout) if frozen_backbone else None
+        self.text_head = ProjectionHead(text_dim, width, dropout)
         self.logit_scale = 1.0 / temperature
-        self.batchnorm = batchnorm
+        self.batchnorm = "frozen" if frozen_backbone else batchnorm
         self.autocast_dtype: torch.dtype | None = None     # bf16 towers: see vldistill.accel
         self.train()
 
+    @property
+    def frozen_backbone(self) -> bool:
+        return self.image_head is not None
+
+    @property
+    def image_prefix(self) -> str:
+        """Name prefix of the trainable image parameters (phi)."""
+        return "image_head." if self.frozen_backbone else "image_tower."
+
+    def image_parameters(self):
+        """The trainable image parameters: the image head, or the whole tower."""
+        return (self.image_head if self.frozen_backbone else self.image_tower).parameters()
+
     def train(self, mode: bool = True) -> "DualEncoder":
         super().train(mode)
-        if self.batchnorm == "frozen":
+        if self.frozen_backbone:
+            self.image_tower.eval()
+        elif self.batchnorm == "frozen":
             for module in self.image_tower.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.eval()
@@ -74,16 +135,36 @@ class DualEncoder(nn.Module):
         with torch.autocast(inputs.device.type, dtype=self.autocast_dtype):
             return module(inputs).float()
 
+    def represent(self, x: torch.Tensor) -> torch.Tensor:
+        """What comes before the heads: the tower's output, or x itself when it already holds a
+        frozen backbone's features (b, d)."""
+        return x if self.frozen_backbone and x.ndim == 2 else self._run(self.image_tower, x)
+
+    def _embed_image(self, f: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self._run(self.image_head, f) if self.frozen_backbone else f, dim=-1)
+
     def encode_image(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self._run(self.image_tower, x), dim=-1)
+        return self._embed_image(self.represent(x))
 
     def encode_text(self, y: torch.Tensor) -> torch.Tensor:
         return F.normalize(self._run(self.text_head, y), dim=-1)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor, logit_scale: float | None = None) -> torch.Tensor:
-        """(b, b) logits; `logit_scale` replaces 1 / temperature (distillation's inner loop)."""
+    def forward(self, x: torch.Tensor, y: torch.Tensor, logit_scale: float | None = None,
+                blend: Blend | None = None) -> torch.Tensor:
+        """(b, b) logits; `logit_scale` replaces 1 / temperature (distillation's inner loop);
+        `blend` mixes the image representations and the text embeddings before the heads."""
         scale = self.logit_scale if logit_scale is None else logit_scale
-        return scale * self.encode_image(x) @ self.encode_text(y).t()
+        f = self.represent(x)
+        if blend is not None:
+            f, y = blend(f), blend(y)
+        return scale * self._embed_image(f) @ self.encode_text(y).t()
+
+
+BACKBONE_SEED = 0          # a randomly initialized frozen backbone: the same for every student
+
+
+def _seeded(seed: int | None):
+    return seeded(seed) if seed is not None else contextlib.nullcontext()
 
 
 def build_student(model_cfg: "ModelConfig", image_size: int, text_dim: int, seed: int | None = None,
@@ -91,14 +172,18 @@ def build_student(model_cfg: "ModelConfig", image_size: int, text_dim: int, seed
     """A fresh student from the config; `seed` makes the initialization reproducible.
 
     The seeded initialization draws from a forked copy of torch's global generator, so
-    building a student never changes the random numbers the caller draws next.
+    building a student never changes the random numbers the caller draws next. A frozen
+    backbone is the same function for every student (experts, distillation, evaluation), so a
+    randomly initialized one is drawn from the fixed seed `BACKBONE_SEED`, not from `seed`.
     """
-    with seeded(seed) if seed is not None else contextlib.nullcontext():
-        tower = create_image_tower(image_tower or model_cfg.image_tower, image_size,
-                                   pretrained_path=model_cfg.pretrained_path,
-                                   width=model_cfg.convnet_width, depth=model_cfg.convnet_depth)
+    frozen = model_cfg.frozen_backbone
+    with _seeded(seed):
+        with _seeded(BACKBONE_SEED) if frozen else contextlib.nullcontext():
+            tower = create_image_tower(image_tower or model_cfg.image_tower, image_size,
+                                       pretrained_path=model_cfg.pretrained_path,
+                                       width=model_cfg.convnet_width, depth=model_cfg.convnet_depth)
         return DualEncoder(tower, text_dim, model_cfg.temperature, model_cfg.head_dropout,
-                           model_cfg.batchnorm)
+                           model_cfg.batchnorm, frozen)
 
 
 @dataclass
@@ -130,15 +215,19 @@ class ParamLayout:
 
 
 class FunctionalStudent:
-    """A `DualEncoder` run from flat vectors: phi (image tower) and psi (text head).
+    """A `DualEncoder` run from flat vectors: phi (its trainable image parameters: the tower, or
+    the head over a frozen backbone) and psi (text head).
 
     `logit_scale` (default: the model's 1 / temperature) scales its logits: distillation's
     inner loop may use another scale than the experts trained with (`distill.logit_scale`).
+    `blend_alpha` > 0 (`distill.blend_alpha`) blends every call's representations (RepBlend):
+    lam and perm are drawn from torch's global generator, which each matching step seeds, so
+    both TESLA passes of a step blend alike.
     """
 
-    def __init__(self, model: DualEncoder, logit_scale: float | None = None):
-        self.model, self.logit_scale = model, logit_scale
-        self.image_layout = ParamLayout.of(model, "image_tower.")
+    def __init__(self, model: DualEncoder, logit_scale: float | None = None, blend_alpha: float = 0.0):
+        self.model, self.logit_scale, self.blend_alpha = model, logit_scale, blend_alpha
+        self.image_layout = ParamLayout.of(model, model.image_prefix)
         self.text_layout = ParamLayout.of(model, "text_head.")
 
     def flat_params(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -153,4 +242,5 @@ class FunctionalStudent:
     def logits_from(self, params: dict[str, torch.Tensor], x: torch.Tensor,
                     y: torch.Tensor) -> torch.Tensor:
         """Logits with every parameter given by name (e.g. per-parameter leaves)."""
-        return functional_call(self.model, params, (x, y), {"logit_scale": self.logit_scale})
+        blend = Blend.draw(self.blend_alpha, len(x)) if self.blend_alpha > 0 else None
+        return functional_call(self.model, params, (x, y), {"logit_scale": self.logit_scale, "blend": blend})
