@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo demo-pretrained test test-fast bench clean
 
 install: $(STAMP)
 
@@ -20,6 +20,9 @@ $(STAMP): setup.cfg pyproject.toml
 
 demo: install
 	$(BIN)/vldistill run configs/demo.yaml run_dir=runs/demo
+
+demo-pretrained: install
+	$(BIN)/vldistill run configs/demo_pretrained.yaml run_dir=runs/demo_pretrained
 
 test: install
 	$(BIN)/python -m pytest -q

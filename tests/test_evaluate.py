@@ -221,3 +221,20 @@ def test_every_registered_method_evaluates_one_seed(name, tiny_cfg, tiny_data, t
     summary = methods.evaluate_method(ctx, name)
     assert summary["n_seeds"] == 1 and all(0 <= summary[k] <= 100 for k in METRICS)
     assert summary["r_mean"] == pytest.approx(sum(summary[k] for k in METRICS[:-1]) / 6)
+
+
+def test_a_diverged_model_is_refused_with_what_to_fix_instead_of_scored(tiny_cfg, tiny_data):
+    """NaN features rank as garbage (or divide by zero); retrieval_metrics names the cause."""
+    from vldistill.errors import NonFiniteError
+    from vldistill.training import retrieval_metrics
+    from vldistill.retrieval import recall_at_k
+    model = build_student(tiny_cfg().model, tiny_data.dataset.image_size, tiny_data.text_dim, seed=0)
+    split, text = tiny_data.split("val"), tiny_data.text["val"]
+    with torch.no_grad():
+        images = model.encode_image(split.images.get_batch(torch.arange(split.n_images)))
+        expected = recall_at_k(images @ model.encode_text(text).t(), split.img2txt, split.txt2img)
+    assert retrieval_metrics(model, split, text, torch.device("cpu")) == pytest.approx(expected)
+    with torch.no_grad():
+        next(model.text_head.parameters()).fill_(float("nan"))
+    with pytest.raises(NonFiniteError, match="diverged; lower its lr"):
+        retrieval_metrics(model, split, text, torch.device("cpu"))

@@ -107,3 +107,22 @@ def test_eval_every_scores_the_set_during_distillation(tmp_path, cache_dir):
     assert [r["it"] for r in scored] == [0, 2, 4] and all(0 <= r["r_mean"] <= 100 for r in scored)
     assert main([*common, f"run_dir={tmp_path / 'plain'}"]) == 0
     assert (run_dir / "set.safetensors").read_bytes() == (tmp_path / "plain" / "set.safetensors").read_bytes()
+
+
+@pytest.mark.slow
+def test_pretrained_demo_config_runs_end_to_end_at_tiny_size(tmp_path, cache_dir):
+    """configs/demo_pretrained.yaml (EfficientNet-Lite0 from the packaged ImageNet weights, LoRS
+    fine-tuning it and RepBlend on its frozen features, the frozen-feature evaluation tower) on a
+    few dozen images: every method of the config gets a row on both towers. (Mini-batch 8: batch
+    statistics of 4 images at 1x1 spatial size blow the student step up.)"""
+    run_dir = tmp_path / "run"
+    code = main(["run", str(CONFIGS / "demo_pretrained.yaml"), f"run_dir={run_dir}", f"cache_dir={cache_dir}",
+                 "data.shapes_train=40", "data.shapes_val=10", "data.shapes_test=10", "data.image_size=32",
+                 "buffer.batch_size=20", "distill.n_pairs=8", "distill.mini_batch=8", "distill.rank=2",
+                 "distill.iterations=2", "distill.syn_steps=2", "eval.num_eval=1", "eval.epochs=2",
+                 "eval.val_every=1", "eval.full_epochs=1"])
+    assert code == 0
+    results = json.loads((run_dir / "results.json").read_text())
+    methods = load_config(CONFIGS / "demo_pretrained.yaml").eval.methods
+    assert set(results["methods"]) == set(methods) == set(results["towers"]["effnet-frozen"]["methods"])
+    assert (run_dir / "buffer-heads" / "expert_000.safetensors").is_file()     # RepBlend's own experts

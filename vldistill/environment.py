@@ -78,6 +78,8 @@ def log_to(path: Path) -> None:
     root.setLevel(logging.INFO)
     # faiss logs each SIMD build it tries and fails to import at INFO, which reads like an error
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    # timm logs every checkpoint load at INFO: one line per evaluation student says nothing new
+    logging.getLogger("timm.models._helpers").setLevel(logging.WARNING)
     if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
                for h in root.handlers):
         console = logging.StreamHandler()

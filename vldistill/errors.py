@@ -15,7 +15,8 @@ class MissingFileError(UserError, FileNotFoundError):
 
 
 class NonFiniteError(UserError):
-    """Distillation produced NaN/inf for too many iterations in a row (or would write it).
+    """Distillation produced NaN/inf for too many iterations in a row (or would write it), or a
+    trained model's features are NaN/inf.
 
     `record` is the metrics record of the iteration that ended the run, if any.
     """

@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .data.splits import CaptionSplit
+from .errors import NonFiniteError
 from .losses import soft_contrastive_loss
 from .models.student import DualEncoder
 from .retrieval import recall_at_k
@@ -128,6 +129,15 @@ def embed_split(model: DualEncoder, split: CaptionSplit, text: torch.Tensor, dev
 
 def retrieval_metrics(model: DualEncoder, split: CaptionSplit, text: torch.Tensor,
                       device: torch.device) -> dict[str, float]:
-    """Recall@{1,5,10} both ways and r_mean of a model on a split."""
+    """Recall@{1,5,10} both ways and r_mean of a model on a split.
+
+    Raises:
+        NonFiniteError: the model's features hold NaN/inf (its training diverged); ranks of NaN
+            scores would be meaningless numbers, not a low score.
+    """
     image_features, text_features = embed_split(model, split, text, device)
+    if not (image_features.isfinite().all() and text_features.isfinite().all()):
+        raise NonFiniteError(f"a model's features on a {split.n_images}-image split are NaN/inf: its training "
+                             "diverged; lower its lr (buffer.lr_teacher for experts, eval.lr or the tower's "
+                             "lr for evaluation students) or check the set it trained on")
     return recall_at_k(image_features @ text_features.t(), split.img2txt, split.txt2img)
