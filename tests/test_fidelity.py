@@ -123,7 +123,7 @@ def _protocol_run(monkeypatch, tiny_data, overrides: list[str], n: int = 200):
     return cfg, steps, scored
 
 
-@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step()`")   # the SGD step is mocked
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler\\.step\\(\\)`")   # the SGD step is mocked
 def test_reference_evaluation_schedule(monkeypatch, tiny_data):
     """101 epochs, lr x0.1 after epoch 51, scored after epochs 1, 11, ..., 101, each epoch
     ceil(200 / 128) = 2 batches of 128, the WBCE eps on."""
@@ -136,7 +136,7 @@ def test_reference_evaluation_schedule(monkeypatch, tiny_data):
     assert {size for *_, size, _ in steps} == {128} and {eps for *_, eps in steps} == {1e-6}
 
 
-@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step()`")
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler\\.step\\(\\)`")
 def test_ours_evaluation_schedule(monkeypatch, tiny_data):
     cfg, steps, scored = _protocol_run(monkeypatch, tiny_data, ["fidelity=vldistill", "eval.batch_size=128"])
     assert len({e for e, *_ in steps}) == 100 and scored == list(range(10, 101, 10))

@@ -88,6 +88,12 @@ def test_tables_order_methods_and_mark_test_selection():
     assert "| method | convnet (distilled on) | timm:resnet10t |" in text
     assert "| lors | 12.00 ± 0.50 | 6.00 ± 0.50 |" in text and "| full | 40.00 ± 0.50 | - |" in text
     assert "timm:resnet10t: timm:resnet10t, lr 0.01, 5 epochs, augment flip" in text
+    frozen = _results(towers={"convnet-frozen": {"settings": {"image_tower": "convnet", "frozen_backbone": True,
+                                                              "lr": 0.1, "epochs": 5, "augment": "none"},
+                                                 "methods": {"lors": _summary(7.0)}}})
+    text = results_table(frozen)      # the distilled-on architecture under another protocol
+    assert "| method | convnet (distilled on) | convnet-frozen |" in text
+    assert "- convnet-frozen: convnet (frozen backbone: two heads train), lr 0.1" in text
     both = compare_table([("runA", _results()), ("runB", transfer)])
     assert both.count("| run |") == 1 and "| runB | shapes | 12 | timm:resnet10t | lors | val |" in both
 

@@ -78,11 +78,17 @@ def _source(results: dict) -> str | None:
 
 
 def _towers(results: dict) -> list[tuple[str, dict, bool]]:
-    """(tower label, its methods, distilled on it?), the config's own tower first."""
+    """(tower label, its methods, distilled on it?), the config's own tower first. An extra tower
+    with the distilled-on architecture but another protocol (a frozen backbone) is not "it"."""
     source = _source(results)
-    home = results.get("eval", {}).get("image_tower", "?")
+    ev = results.get("eval", {})
+    home = ev.get("image_tower", "?")
+
+    def same(settings: dict, label: str) -> bool:
+        return (settings.get("image_tower", label) == source
+                and settings.get("frozen_backbone", False) == ev.get("frozen_backbone", False))
     return [(home, results["methods"], home == source)] + [
-        (label, entry["methods"], entry.get("settings", {}).get("image_tower", label) == source)
+        (label, entry["methods"], same(entry.get("settings", {}), label))
         for label, entry in results.get("towers", {}).items()]
 
 
@@ -175,7 +181,8 @@ def tower_settings(results: dict) -> str:
     for label, entry in results.get("towers", {}).items():
         s = entry.get("settings", {})
         lr = "learned lrs" if s.get("lr") is None else f"lr {s['lr']:g}"
-        lines.append(f"- {label}: {s.get('image_tower', label)}, {lr}, {s.get('epochs')} epochs, "
+        frozen = " (frozen backbone: two heads train)" if s.get("frozen_backbone") else ""
+        lines.append(f"- {label}: {s.get('image_tower', label)}{frozen}, {lr}, {s.get('epochs')} epochs, "
                      f"augment {s.get('augment')}, full: lr {s.get('full_lr')}, "
                      f"{s.get('full_epochs')} epochs")
     return "\n".join(lines)

@@ -12,7 +12,7 @@ def results_record(cfg: Config, dataset: str, n_pairs: int, body: dict, image_to
     return {"dataset": dataset, "n_pairs": n_pairs, **body,
             "eval": {"selection": cfg.eval.selection, "num_eval": cfg.eval.num_eval,
                      "epochs": cfg.eval.epochs, "lr": cfg.eval.lr, "augment": cfg.eval.augment,
-                     "image_tower": cfg.model.image_tower,
+                     "image_tower": cfg.model.image_tower, "frozen_backbone": cfg.model.frozen_backbone,
                      "distilled_on": sorted(image_towers)[0] if len(image_towers) == 1 else None}}
 
 
