@@ -96,7 +96,9 @@ def make_tiny_bert(folder: Path, captions: list[str], kind: str = "bert") -> Pat
     words = sorted({w for c in captions for w in re.findall(r"[a-z0-9]+", c.lower())})
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]))
-    tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"))
+    tokenizer = BertTokenizerFast(str(folder / "vocab.txt"))   # positional: vocab_file (v4), vocab (v5)
+    if tokenizer.unk_token_id in tokenizer(words[0])["input_ids"]:
+        raise AssertionError("the tiny BERT's tokenizer ignored its vocabulary (a transformers API change?)")
     size = dict(vocab_size=len(words) + 5, max_position_embeddings=64)
     if kind == "bert":
         model = BertModel(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
