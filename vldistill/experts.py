@@ -41,6 +41,7 @@ def train_expert(k: int, cfg: Config, data: PreparedData, device: torch.device,
     optimizer = sgd_for_student(model, cfg.buffer.lr_teacher, cfg.buffer.lr_teacher,
                                 cfg.buffer.momentum, cfg.buffer.weight_decay)
     keep = set(epochs_to_keep(cfg))
+    text_features = noisy_text_features(cfg, data)      # None: the cached clean embeddings
     snapshots = {0: Snapshot(*fs.flat_params())}
     history = []
     per_epoch = (data.dataset.train.n_images if cfg.buffer.pairs_per_epoch == "images"
@@ -53,7 +54,7 @@ def train_expert(k: int, cfg: Config, data: PreparedData, device: torch.device,
             loss = train_epoch_on_pairs(model, optimizer, data.dataset.train, data.text["train"],
                                         cfg.buffer.batch_size, derive_seed(cfg.seed, "expert-epoch", k, epoch),
                                         device, cfg.data.num_workers, bar, cfg.buffer.pairs_per_epoch,
-                                        cfg.buffer.drop_last, noisy_text_features(cfg, data))
+                                        cfg.buffer.drop_last, text_features)
             val = retrieval_metrics(model, data.dataset.val, data.text["val"], device)
             history.append({"epoch": epoch, "loss": loss, **val})
             log.info("expert %d epoch %d: loss %.3f, val r_mean %.2f (IR@1 %.1f, TR@1 %.1f)",

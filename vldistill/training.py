@@ -101,7 +101,7 @@ def train_epoch_on_pairs(model: DualEncoder, optimizer: torch.optim.Optimizer, s
     """
     model.train()
     total, count = 0.0, 0
-    with seeded(seed):
+    with seeded(seed, device):
         for idx, images, texts in pair_batches(split, text, batch_size, seed, True, num_workers, mode,
                                                drop_last):
             if text_features is not None:
