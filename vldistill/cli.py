@@ -62,6 +62,11 @@ def cmd_run(args: argparse.Namespace) -> None:
     print(run_all(_open(args)))
 
 
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from .sweep import run_sweep
+    print(run_sweep(_config_for(args.target, args.overrides), args.force_unlock), end="")
+
+
 def cmd_buffer(args: argparse.Namespace) -> None:
     from . import distributed
     from .data import prepare_data
@@ -173,6 +178,14 @@ COMMANDS = {
         "from its config.yaml and checkpoints. Writes RUN_DIR/{config.yaml, environment.json,\n"
         "metrics.jsonl, set.*, METHOD/set.*, checkpoints/, results.json, report/}.",
         "CONFIG.yaml or RUN_DIR", cmd_run, single_process=True),
+    "sweep": Command(
+        "every method of eval.methods at every budget of sweep.n_pairs, over one set of experts",
+        "Trains the experts once (RUN_DIR/buffer), then runs each budget N of sweep.n_pairs as a\n"
+        "run in RUN_DIR/pairs_N (the similarity's rank and the mini-batch follow the budget, by\n"
+        "the rule recorded in sweep.json) and `full` once in RUN_DIR/full; finished budgets are\n"
+        "read back, interrupted ones resume. sweep.only=[N] runs a share (a job array's task).\n"
+        "Writes RUN_DIR/{sweep.json, sweep.md, sweep.png} and prints the table and the answer.",
+        "CONFIG.yaml", cmd_sweep, single_process=True),
     "buffer": Command(
         "train the experts and store their trajectories",
         "Trains buffer.num_experts experts on the real data (data.*, model.*, buffer.*) and\n"

@@ -19,6 +19,8 @@ class ConfigError(UserError, ValueError):
 
 
 BATCHNORM_MODES = ("batch", "frozen")
+INITS = ("real", "noise", "herding", "kcenter")
+LR_POLICIES = ("fixed", "authors", "tuned")
 FIDELITY_MODES = ("reference", "vldistill")
 
 
@@ -134,7 +136,9 @@ class DistillConfig:
     alpha: float = 3.0
     loss: str = "infonce"                 # a registered loss: infonce | ence | bce | wbce | kl | mse | cwcl
     loss_eps: Optional[float] = None      # mode: eps of log(p + eps) in WBCE (reference 1e-6; 0: exact)
-    init: str = "real"                    # real | noise (images and texts)
+    init: str = "real"                    # real: random real pairs | noise (images and texts) | herding |
+                                          # kcenter: the coreset of eval.coreset_space (distillation from
+                                          # the best selection, to measure what distilling adds to it)
     init_draw: Optional[str] = None       # mode: images (distinct images, a caption each) | captions
                                           # (distinct caption entries, images may repeat: reference)
     init_augment: Optional[bool] = None   # mode: start from an augmented view (reference: when augmenting)
@@ -155,20 +159,22 @@ class DistillConfig:
     merge_branches: bool = False          # one matching ratio over both branches
     ema_decay: float = 0.0                # >0: keep an EMA of the set and export it
     checkpoint_every: int = 100
-    eval_every: int = 0                   # >0: evaluate the set every k iterations (and at 0), logged
+    eval_every: int = 0                   # >0: probe the set at iteration 0 (its start) and every k
+                                          # iterations: one student, eval_epochs epochs, scored on val
+    eval_epochs: int = 20                 # epochs of that probe student (lr x0.1 at half)
     max_bad_steps: Optional[int] = None   # mode: consecutive non-finite iterations before the run stops
     max_lr: Optional[float] = None        # a learned-lr update above this is refused (null: only non-finite ones)
     resume: bool = False
 
     def __post_init__(self) -> None:
         _positive(self, "n_pairs", "iterations", "syn_steps", "expert_epochs", "mini_batch",
-                  "rank", "checkpoint_every", "max_bad_steps", "lr_teacher", "min_lr", "logit_scale")
+                  "rank", "checkpoint_every", "max_bad_steps", "lr_teacher", "min_lr", "logit_scale", "eval_epochs")
         _non_negative(self, "lr_img", "lr_txt", "lr_lr", "lr_sim", "momentum_syn", "momentum_lr",
                       "momentum_sim", "min_start_epoch", "loss_eps", "eval_every", "blend_alpha")
         _registered(self, "sim_kind", "similarity")
         _registered(self, "loss", "loss")
         _registered(self, "matching", "matching")
-        _choice(self, "init", ("real", "noise"))
+        _choice(self, "init", INITS)
         _choice(self, "init_draw", ("images", "captions"))
         _choice(self, "lr_param", ("linear", "log"))
         _choice(self, "lr_grad", ("exact", "branch"))
@@ -249,7 +255,14 @@ class EvalConfig:
     batch_size: int = 100                 # mini-batch on the set (>= n_pairs: full batch)
     batch_sampler: Optional[str] = None   # mode: partition (each pair once an epoch) | shuffle_head
                                           # (ceil(N/b) batches, each the first b of a fresh shuffle: reference)
-    lr: Optional[float] = None            # None: the set's learned lrs (buffer.lr_teacher for coresets)
+    lr_policy: Optional[str] = None       # fixed: eval.lr (null: buffer.lr_teacher) for every set | authors:
+                                          # distilled sets with their learned lrs, real-pair sets with
+                                          # buffer.lr_teacher (the papers' protocol) | tuned: each set picks
+                                          # its lr on val from eval.lr_grid; null: fixed if eval.lr is given,
+                                          # else authors
+    lr: Optional[float] = None            # the fixed lr of every set (lr_policy fixed)
+    lr_grid: list[float] = field(default_factory=lambda: [0.01, 0.03, 0.1, 0.3])  # lr_policy tuned: the
+                                          # candidates, the same for every method (chosen on val, one student)
     shared_lr: bool = False               # the image lr for both towers (VL-distill's evaluation)
     full_lr: Optional[float] = None       # lr of the `full` upper bound; None: buffer.lr_teacher
     momentum: float = 0.9
@@ -268,6 +281,12 @@ class EvalConfig:
         _positive(self, "num_eval", "epochs", "lr_drop_epoch", "full_epochs", "batch_size",
                   "val_every", "first_scored_epoch")
         _choice(self, "selection", SELECTIONS)
+        _choice(self, "lr_policy", LR_POLICIES)
+        if self.lr_policy == "authors" and self.lr is not None:
+            raise ConfigError("eval.lr_policy=authors trains each set with its own lrs: drop eval.lr "
+                              "(or set eval.lr_policy=fixed)")
+        if self.lr_policy == "tuned" and (not self.lr_grid or min(self.lr_grid) <= 0):
+            raise ConfigError("eval.lr_grid must list positive lrs for eval.lr_policy=tuned")
         _choice(self, "std", ("sample", "population"))
         _choice(self, "batch_sampler", ("partition", "shuffle_head"))
         _choice(self, "coreset_space", ("image", "text", "joint"))
@@ -277,6 +296,26 @@ class EvalConfig:
             raise ConfigError("eval.lr must be > 0 (or null to use the learned lrs)")
         if self.full_lr is not None and self.full_lr <= 0:
             raise ConfigError("eval.full_lr must be > 0 (or null to use buffer.lr_teacher)")
+
+
+RANK_RULE = "distill.rank = min(distill.rank, n // 2); distill.mini_batch = min(distill.mini_batch, n)"
+
+
+@dataclass
+class SweepConfig:
+    """`vldistill sweep`: every method of eval.methods at each budget, over one set of experts."""
+
+    n_pairs: list[int] = field(default_factory=list)  # the budgets (pairs per set)
+    only: list[int] = field(default_factory=list)     # run these budgets only (a job array's share;
+                                          # a last `vldistill sweep` without it gathers sweep.json)
+
+    def __post_init__(self) -> None:
+        for key in ("n_pairs", "only"):
+            if any(n <= 0 for n in getattr(self, key)):
+                raise ConfigError(f"sweep.{key} must list positive pair counts")
+        stray = sorted(set(self.only) - set(self.n_pairs))
+        if stray:
+            raise ConfigError(f"sweep.only lists {stray}, which are not in sweep.n_pairs")
 
 
 @dataclass
@@ -294,6 +333,7 @@ class Config:
     buffer: BufferConfig = field(default_factory=BufferConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
     def __post_init__(self) -> None:
         if self.seed < 0:
@@ -371,7 +411,8 @@ def _registered(obj: Any, name: str, kind: str) -> None:
 
 
 _SECTIONS = {"DataConfig": "data.", "ModelConfig": "model.", "BufferConfig": "buffer.",
-             "DistillConfig": "distill.", "EvalConfig": "eval.", "EvalTowerConfig": "eval.towers.*."}
+             "DistillConfig": "distill.", "EvalConfig": "eval.", "EvalTowerConfig": "eval.towers.*.",
+             "SweepConfig": "sweep."}
 
 
 def _section(obj: Any) -> str:
@@ -382,5 +423,5 @@ def _section(obj: Any) -> str:
 from .configio import config_from_dict, load_config, to_yaml, with_overrides  # noqa: E402
 
 __all__ = ["BATCHNORM_MODES", "Config", "ConfigError", "DataConfig", "DistillConfig", "EvalConfig",
-           "EvalTowerConfig", "FIDELITY_MODES", "ModelConfig", "BufferConfig", "SELECTIONS",
+           "EvalTowerConfig", "FIDELITY_MODES", "INITS", "LR_POLICIES", "RANK_RULE", "SweepConfig", "ModelConfig", "BufferConfig", "SELECTIONS",
            "config_from_dict", "load_config", "to_yaml", "with_overrides"]

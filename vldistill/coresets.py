@@ -200,5 +200,15 @@ def select_coreset(method: str, emb: ExpertEmbeddings, data: PreparedData, n: in
                         IdentitySimilarity(n), lr, lr, card)
 
 
-__all__ = ["ExpertEmbeddings", "SELECTORS", "SPACES", "best_captions", "expert_embeddings",
+def coreset_pairs(cfg: Config, data: PreparedData, store: TrajectoryStore, device: torch.device,
+                  method: str, n: int, generator: torch.Generator,
+                  emb: ExpertEmbeddings | None = None) -> DistilledSet:
+    """The `method` coreset of n pairs under the run's settings (eval.coreset_expert and
+    eval.coreset_space, the expert's lr): what the herding / kcenter baselines evaluate and what
+    distill.init=herding | kcenter starts from. `emb`: the expert's embeddings, if at hand."""
+    emb = emb or expert_embeddings(cfg, data, store, device, cfg.eval.coreset_expert)
+    return select_coreset(method, emb, data, n, cfg.eval.coreset_space, cfg.buffer.lr_teacher, generator)
+
+
+__all__ = ["ExpertEmbeddings", "coreset_pairs", "SELECTORS", "SPACES", "best_captions", "expert_embeddings",
            "herding", "kcenter", "load_expert", "select_coreset", "selection_features"]

@@ -28,8 +28,10 @@ from tqdm.auto import tqdm
 from . import seeds
 from .checkpoint import BestSoFar, read_checkpoint, write_checkpoint
 from .config import Config
+from .coresets import coreset_pairs
 from .data import PreparedData
 from .errors import NonFiniteError, UserError
+from .evaluate import probe_set
 from .trajectories import TrajectoryStore, store_manifest, warn_if_other_recipe
 from .interrupts import deferred_interrupts
 from .io import append_jsonl, remove_leftover_temps
@@ -45,11 +47,20 @@ log = logging.getLogger(__name__)
 __all__ = ["Distiller", "NonFiniteError", "init_synthetic", "run_distill"]
 
 
-def init_synthetic(cfg: Config, data: PreparedData,
-                   generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+def init_synthetic(cfg: Config, data: PreparedData, generator: torch.Generator,
+                   store: TrajectoryStore | None = None,
+                   device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     """N real pairs (`init: real`: distinct images with one of their captions, or distinct caption
-    entries -- `distill.init_draw` -- as their plain or augmented image), or noise."""
+    entries -- `distill.init_draw` -- as their plain or augmented image), noise, or the herding /
+    k-center coreset that the `herding` / `kcenter` methods evaluate (from the store's expert)."""
     d = cfg.distill
+    if d.init in ("herding", "kcenter"):
+        if store is None:
+            raise UserError(f"distill.init={d.init} selects pairs with a trained expert: it needs the "
+                            "trajectory store")
+        coreset = coreset_pairs(cfg, data, store, device or torch.device("cpu"), d.init, d.n_pairs,
+                                torch.Generator().manual_seed(seeds.derive_seed(cfg.seed, f"init-{d.init}")))
+        return coreset.images, coreset.text_embeddings, coreset.card["captions"]
     draw = data.real_pairs if d.init_draw == "images" else data.real_entries
     if d.init_augment:      # the augmentations draw from torch's generator: seed it from ours
         with seeds.seeded(int(torch.randint(2 ** 62, (1,), generator=generator))):
@@ -83,7 +94,7 @@ class Distiller:
         self.experts = store.experts()
         self.expert_queue: list[int] = []           # expert_order cycle: this pass's experts left
         self.generator = seeds.generator(cfg.seed, "distill")
-        images, texts, self.init_captions = init_synthetic(cfg, data, self.generator)
+        images, texts, self.init_captions = init_synthetic(cfg, data, self.generator, store, device)
         self.images = images.to(device).requires_grad_(True)
         self.texts = texts.to(device).requires_grad_(True)
         with seeds.seeded(seeds.derive_seed(cfg.seed, "similarity")):
@@ -343,17 +354,17 @@ def run_distill(cfg: Config, data: PreparedData, store: TrajectoryStore, set_pat
 
 
 def _evaluate_during(distiller: Distiller, card: dict, data: PreparedData, metrics_path: Path) -> None:
-    """distill.eval_every > 0: score the set as it stands (as the reference code does every
-    eval_it iterations, from iteration 0), with the method's evaluation; logged, never selected on."""
+    """distill.eval_every > 0: the distillation curve, from the set's start (iteration 0) on. Each
+    point is `vldistill.evaluate.probe_set`'s fixed protocol (one student, the same seed at every
+    point, distill.eval_epochs epochs, val split): logged with its protocol, never selected on."""
     every = distiller.d.eval_every
     if not every or distiller.iteration % every:
         return
-    from .methods import EvalContext, evaluate_method
-    ctx = EvalContext(distiller.cfg, data, distiller.device, {distiller.method: distiller.export(card)})
-    summary = evaluate_method(ctx, distiller.method, configured=True)
+    seed = seeds.derive_seed(distiller.cfg.seed, "probe")
+    scores = probe_set(distiller.cfg, data, distiller.export(card), seed, distiller.device)
     append_jsonl(metrics_path, {"stage": "distill_eval", "method": distiller.method,
-                                "it": distiller.iteration, "r_mean": summary["r_mean"],
-                                "r_mean_std": summary["r_mean_std"], "selection": summary["selection"]})
+                                "it": distiller.iteration, **scores, "split": "val", "students": 1,
+                                "epochs": distiller.d.eval_epochs, "seed": seed})
 
 
 def _checkpoint(distiller: Distiller, path: Path) -> None:

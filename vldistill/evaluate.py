@@ -57,7 +57,7 @@ class EvalTower:
     label: str                      # key in results.json (the registry name unless renamed)
     image_tower: str
     pretrained_path: str | None
-    lr: float | None                # None: the set's learned lrs
+    lr: float | None                # None: the set's own lrs (lr_policy authors, or tuned before its pick)
     full_lr: float
     epochs: int
     lr_drop_epoch: int              # lr x0.1 after this many epochs
@@ -67,10 +67,12 @@ class EvalTower:
     methods: tuple[str, ...]
     distilled_on: bool = False      # the tower the sets were distilled with
     frozen_backbone: bool = False   # students train only the heads over the frozen tower
+    lr_policy: str = "authors"      # fixed | authors | tuned (`lr_policy_of`)
 
     def settings(self) -> dict:
         """The recipe as results.json records it."""
-        return {"image_tower": self.image_tower, "lr": self.lr, "full_lr": self.full_lr,
+        return {"image_tower": self.image_tower, "lr_policy": self.lr_policy, "lr": self.lr,
+                "full_lr": self.full_lr,
                 "epochs": self.epochs, "full_epochs": self.full_epochs,
                 "batch_size": self.batch_size, "augment": self.augment,
                 "frozen_backbone": self.frozen_backbone}
@@ -81,14 +83,32 @@ class EvalTower:
         return build_student(model_cfg, data.dataset.image_size, data.text_dim, seed=seed)
 
 
+def lr_policy_of(cfg: Config, tower_lr: float | None = None) -> tuple[str, float | None]:
+    """How sets are given their student lr (`eval.lr_policy`), and the fixed lr if any.
+
+    `fixed`: one lr for every set (eval.lr, else buffer.lr_teacher); `authors`: each set's own
+    lrs (learned for distilled sets, buffer.lr_teacher for real pairs: the published protocol);
+    `tuned`: picked per set on val from eval.lr_grid (`vldistill.methods`). Null: fixed when
+    eval.lr is given, else authors. A tower with its own lr is fixed at it.
+    """
+    e = cfg.eval
+    policy = e.lr_policy or ("fixed" if e.lr is not None else "authors")
+    if tower_lr is not None:
+        return "fixed", tower_lr
+    if policy == "fixed":
+        return policy, e.lr if e.lr is not None else cfg.buffer.lr_teacher
+    return policy, None
+
+
 def eval_towers(cfg: Config) -> list[EvalTower]:
     """The distilled-on tower (model.* with eval.*), then each of eval.towers (unset: eval.*)."""
     e = cfg.eval
     full_lr = e.full_lr if e.full_lr is not None else cfg.buffer.lr_teacher
+    policy, lr = lr_policy_of(cfg)
     towers = [EvalTower(cfg.model.image_tower, cfg.model.image_tower, cfg.model.pretrained_path,
-                        e.lr, full_lr, e.epochs, e.lr_drop_epoch, e.full_epochs, e.batch_size,
+                        lr, full_lr, e.epochs, e.lr_drop_epoch, e.full_epochs, e.batch_size,
                         e.augment, tuple(e.methods), distilled_on=True,
-                        frozen_backbone=cfg.model.frozen_backbone)]
+                        frozen_backbone=cfg.model.frozen_backbone, lr_policy=policy)]
     for key, t in e.towers.items():
         if key == cfg.model.image_tower:
             raise UserError(f"eval.towers.{key}: that key is the distilled-on tower's results key; "
@@ -101,11 +121,13 @@ def eval_towers(cfg: Config) -> list[EvalTower]:
         def pick(value, default):
             return default if value is None else value
         epochs = pick(t.epochs, e.epochs)           # the lr drop keeps its place in the schedule
-        towers.append(EvalTower(key, t.image_tower or key, t.pretrained_path, pick(t.lr, e.lr),
+        tower_policy, tower_lr = lr_policy_of(cfg, t.lr)
+        towers.append(EvalTower(key, t.image_tower or key, t.pretrained_path, tower_lr,
                                 pick(t.full_lr, full_lr), epochs, round(epochs * e.lr_drop_epoch / e.epochs),
                                 pick(t.full_epochs, e.full_epochs), pick(t.batch_size, e.batch_size),
                                 pick(t.augment, e.augment), tuple(pick(t.methods, e.methods)),
-                                frozen_backbone=pick(t.frozen_backbone, cfg.model.frozen_backbone)))
+                                frozen_backbone=pick(t.frozen_backbone, cfg.model.frozen_backbone),
+                                lr_policy=tower_policy))
     return towers
 
 
@@ -118,9 +140,11 @@ class _EpochSelector:
     """Keeps the student state of the best epoch on the selection split (selection `final`:
     the last epoch, scored once)."""
 
-    def __init__(self, model: DualEncoder, data: PreparedData, selection: str, device: torch.device):
+    def __init__(self, model: DualEncoder, data: PreparedData, selection: str, device: torch.device,
+                 report_split: str = "test"):
         self.model, self.data, self.device, self.selection = model, data, device, selection
         self.split = "val" if selection == "val" else "test"
+        self.report_split = report_split
         self.best_score, self.best_epoch, self.best_state = float("-inf"), 0, None
 
     def observe(self, epoch: int) -> float:
@@ -137,7 +161,7 @@ class _EpochSelector:
     def result(self) -> SeedResult:
         if self.best_state is None:
             raise RuntimeError("no epoch was observed: the student was never scored")
-        test = self.data.split("test"), self.data.text["test"]
+        test = self.data.split(self.report_split), self.data.text[self.report_split]
         final = retrieval_metrics(self.model, *test, self.device)
         if self.selection == "final":
             return SeedResult(final, final, self.best_epoch, self.best_score)
@@ -155,9 +179,10 @@ def epoch_batches(n: int, batch_size: int, sampler: str, generator: torch.Genera
 
 
 def train_on_set(cfg: Config, data: PreparedData, synthetic: DistilledSet, seed: int, device: torch.device,
-                 tower: EvalTower | None = None, loss_kind: str | None = None) -> SeedResult:
+                 tower: EvalTower | None = None, loss_kind: str | None = None,
+                 report_split: str = "test") -> SeedResult:
     """Algorithm 2: a fresh student trained on a (distilled or coreset) set; the result at the
-    epoch `eval.selection` picks, and at the last epoch.
+    epoch `eval.selection` picks, and at the last epoch, on `report_split`.
 
     `tower` picks the student's image tower and recipe (default: the distilled-on tower).
     """
@@ -173,7 +198,7 @@ def train_on_set(cfg: Config, data: PreparedData, synthetic: DistilledSet, seed:
     kind = loss_kind or synthetic.card.get("loss", "infonce")
     generator = torch.Generator().manual_seed(seed)
     scoring = real_data_for(model, data, cfg, device, ("val", "test"))      # features when frozen
-    selector = _EpochSelector(model, scoring, e.selection, device)
+    selector = _EpochSelector(model, scoring, e.selection, device, report_split)
     scored = set(scored_epochs(tower.epochs, e.first_scored_epoch, e.val_every))
     for epoch in range(1, tower.epochs + 1):
         model.train()
@@ -207,6 +232,20 @@ def train_on_full(cfg: Config, data: PreparedData, seed: int, device: torch.devi
     return selector.result()
 
 
+def probe_set(cfg: Config, data: PreparedData, synthetic: DistilledSet, seed: int,
+              device: torch.device) -> dict[str, float]:
+    """The distillation curve's cheap, fixed protocol (`distill.eval_every`): one student trained
+    `distill.eval_epochs` epochs (lr x0.1 at half) on the set with the distilled-on tower's
+    recipe, scored once, after the last epoch, on the validation split (the test split is never
+    looked at while distilling)."""
+    epochs = cfg.distill.eval_epochs
+    tower = replace(eval_towers(cfg)[0], epochs=epochs, lr_drop_epoch=max(1, epochs // 2))
+    if tower.lr_policy == "tuned":        # no grid search per probe: the set's own lrs
+        tower = replace(tower, lr_policy="authors")
+    probe_cfg = replace(cfg, eval=replace(cfg.eval, selection="final"))
+    return train_on_set(probe_cfg, data, synthetic, seed, device, tower, report_split="val").final
+
+
 def random_pairs(cfg: Config, data: PreparedData, seed: int, n: int | None = None) -> DistilledSet:
     """n (default distill.n_pairs) random real pairs, one caption per image, identity
     similarity, the expert's lr."""
@@ -216,4 +255,5 @@ def random_pairs(cfg: Config, data: PreparedData, seed: int, n: int | None = Non
                         {"method": "random", "loss": "infonce", "captions": captions})
 
 
-__all__ = ["EvalTower", "SeedResult", "eval_towers", "random_pairs", "train_on_full", "train_on_set"]
+__all__ = ["EvalTower", "SeedResult", "eval_towers", "lr_policy_of", "probe_set", "random_pairs",
+           "train_on_full", "train_on_set"]

@@ -157,6 +157,34 @@ def save_training_curves(records: list[dict], path: str | Path) -> Path | None:
     return _save(fig, path)
 
 
+def save_sweep_plot(sweep: dict, path: str | Path) -> Path:
+    """r_mean against pairs per set (log x), a line per method with its ± std band; `full`
+    dashed (it does not depend on the budget), the ceilings (oracle, chance) dotted."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    budgets = sorted(sweep["budgets"], key=int)
+    for method in sweep["methods"]:
+        points = [(int(n), sweep["budgets"][n][method]) for n in budgets if method in sweep["budgets"][n]]
+        if not points:
+            continue
+        xs = [n for n, _ in points]
+        mean = [row["r_mean"] for _, row in points]
+        std = [row["std"] for _, row in points]
+        style = "--" if method == "full" else "o-"
+        line, = ax.plot(xs, mean, style, label=method, lw=1.6 if style == "o-" else 1.0, ms=4)
+        ax.fill_between(xs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
+                        color=line.get_color(), alpha=0.15, lw=0)
+    for name, row in sweep.get("ceilings", {}).items():
+        ax.axhline(row["r_mean"], ls=":", lw=1.0, color="black" if name == "oracle" else "grey",
+                   label=f"{name} {row['r_mean']:.1f}")
+    ax.set(xscale="log", xlabel="pairs per set", ylabel="test r_mean",
+           title=f"{sweep['dataset']}: r_mean against budget (band: ± std over students)")
+    ax.set_xticks([int(n) for n in budgets], [str(n) for n in budgets])
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def _moving_average(values: list[float], window: int) -> list[float]:
     out, total = [], 0.0
     for i, v in enumerate(values):
@@ -168,4 +196,4 @@ def _moving_average(values: list[float], window: int) -> list[float]:
 
 
 __all__ = ["denormalize", "read_metrics", "save_image_grid", "save_pair_panel",
-           "save_similarity_heatmap", "save_training_curves"]
+           "save_similarity_heatmap", "save_sweep_plot", "save_training_curves"]

@@ -74,6 +74,8 @@ class Method:
     name: str
     evaluate_seed: SeedFn
     configure: ConfigFn | None = None     # distilled methods: the settings of their set
+    trains_on_set: bool = True            # False: its students do not train on a set (`full`), so
+                                          # eval.lr_policy does not apply to it
 
     @property
     def distilled(self) -> bool:
@@ -83,10 +85,11 @@ class Method:
 METHODS: Registry[Method] = Registry("method")
 
 
-def register_method(name: str) -> Callable[[SeedFn], SeedFn]:
-    """Decorator: `fn(ctx, tower, seed) -> SeedResult` becomes the baseline `eval.methods: [NAME]`."""
+def register_method(name: str, trains_on_set: bool = True) -> Callable[[SeedFn], SeedFn]:
+    """Decorator: `fn(ctx, tower, seed) -> SeedResult` becomes the baseline `eval.methods: [NAME]`
+    (`trains_on_set=False` for one whose students train on something else, like `full`)."""
     def wrap(fn: SeedFn) -> SeedFn:
-        METHODS.add(name, Method(name, fn))
+        METHODS.add(name, Method(name, fn, trains_on_set=trains_on_set))
         return fn
     return wrap
 
@@ -156,16 +159,15 @@ def _random(ctx: EvalContext, tower: EvalTower, seed: int) -> SeedResult:
 
 def coreset_for(ctx: EvalContext, method: str, seed: int) -> DistilledSet:
     """The herding / kcenter set of this evaluation (expert embeddings computed once)."""
-    from .coresets import expert_embeddings, select_coreset
+    from .coresets import coreset_pairs, expert_embeddings
     if ctx.store is None:
         raise UserError(f"{method} needs a trajectory store (the expert embeds the data): "
                         "run the buffer stage or set buffer.dir")
     if "expert_embeddings" not in ctx.cache:
         ctx.cache["expert_embeddings"] = expert_embeddings(ctx.cfg, ctx.data, ctx.store, ctx.device,
                                                            ctx.cfg.eval.coreset_expert)
-    return select_coreset(method, ctx.cache["expert_embeddings"], ctx.data, ctx.n_pairs,
-                          ctx.cfg.eval.coreset_space, ctx.cfg.buffer.lr_teacher,
-                          torch.Generator().manual_seed(seed))
+    return coreset_pairs(ctx.cfg, ctx.data, ctx.store, ctx.device, method, ctx.n_pairs,
+                         torch.Generator().manual_seed(seed), ctx.cache["expert_embeddings"])
 
 
 @register_method("herding")
@@ -180,7 +182,7 @@ def _kcenter(ctx: EvalContext, tower: EvalTower, seed: int) -> SeedResult:
     return train_on_set(ctx.cfg, ctx.data, coreset_for(ctx, "kcenter", seed), seed, ctx.device, tower)
 
 
-@register_method("full")
+@register_method("full", trains_on_set=False)
 def _full(ctx: EvalContext, tower: EvalTower, seed: int) -> SeedResult:
     """Every training pair with the expert recipe: the upper bound."""
     return train_on_full(ctx.cfg, ctx.data, seed, ctx.device, tower)
@@ -195,7 +197,7 @@ def _mean_std(values: list[float], std: str = "sample") -> tuple[float, float]:
 
 
 def summarize(results: list[SeedResult], selection: str, seeds: list[int] | None = None,
-              std: str = "sample") -> dict:
+              std: str = "sample", lr: dict | None = None) -> dict:
     """Mean and std over seeds of the selected epoch's test metrics, the final epoch's beside
     them, the per-seed numbers, and the selection rule's label."""
     out: dict = {"std": std}
@@ -207,6 +209,7 @@ def summarize(results: list[SeedResult], selection: str, seeds: list[int] | None
     out["n_seeds"] = len(results)
     out["selected_epochs"] = [r.epoch for r in results]
     out["selection"] = SELECTION_LABELS[selection]
+    out.update(lr or {})
     out["per_seed"] = [{"seed": s, "epoch": r.epoch, "selection_r_mean": r.selection_score,
                         "r_mean": r.selected["r_mean"], "final_r_mean": r.final["r_mean"]}
                        for s, r in zip(seeds or [None] * len(results), results)]
@@ -216,28 +219,56 @@ def summarize(results: list[SeedResult], selection: str, seeds: list[int] | None
 def evaluate_method(ctx: EvalContext, name: str, tower_label: str | None = None,
                     configured: bool = False) -> dict:
     """`eval.num_eval` seeds of one method on one evaluation tower (default: the distilled-on
-    one), under the method's own settings (`configured`: ctx.cfg already is); returns its summary."""
+    one), under the method's own settings (`configured`: ctx.cfg already is), with the student
+    lr its tower's `lr_policy` gives; returns its summary."""
     cfg = ctx.cfg if configured else method_config(ctx.cfg, name)
     towers = {t.label: t for t in eval_towers(cfg)}
     tower = towers[tower_label] if tower_label is not None else next(iter(towers.values()))
     seeds = [derive_seed(cfg.seed, "eval", s) for s in range(cfg.eval.num_eval)]
-    evaluate_seed = partial(METHODS.get(name).evaluate_seed, replace(ctx, cfg=cfg), tower)
-    key = settings_key(cfg, name, tower.label, ctx.sets.get(name)) if ctx.seed_log else ""
+    method = METHODS.get(name)
+    context = replace(ctx, cfg=cfg)
+    done: dict[tuple[float | None, int], SeedResult] = {}
 
-    def run_seed(seed: int) -> SeedResult:
-        done = ctx.seed_log.get(key, seed) if ctx.seed_log else None
-        if done is not None:
-            return done
-        result = evaluate_seed(seed)
-        if ctx.seed_log:
-            ctx.seed_log.add(key, seed, result)
+    def run_seed(tower: EvalTower, seed: int) -> SeedResult:
+        if (tower.lr, seed) in done:
+            return done[tower.lr, seed]
+        key = (settings_key(cfg, name, f"{tower.label} lr={tower.lr}", ctx.sets.get(name))
+               if ctx.seed_log else "")
+        result = ctx.seed_log.get(key, seed) if ctx.seed_log else None
+        if result is None:
+            result = method.evaluate_seed(context, tower, seed)
+            if ctx.seed_log:
+                ctx.seed_log.add(key, seed, result)
+        done[tower.lr, seed] = result
         return result
-    results = distributed.sharded_map(run_seed, seeds,          # torchrun: seeds shared out
+
+    kind = "distilled" if method.distilled else "real pairs" if method.trains_on_set else "all data"
+    if not method.trains_on_set:
+        lr_record = {"lr_policy": "fixed", "lr": tower.full_lr}
+    elif tower.lr_policy == "tuned":
+        tower, lr_record = _tuned(cfg, tower, partial(run_seed, seed=seeds[0]))
+    else:
+        lr_record = {"lr_policy": tower.lr_policy, "lr": tower.lr if tower.lr is not None else "own"}
+    results = distributed.sharded_map(partial(run_seed, tower), seeds,      # torchrun: seeds shared out
                                       progress=f"eval {name} on {tower.label}")
-    summary = summarize(results, cfg.eval.selection, seeds, cfg.eval.std)
-    log.info("%s on %s: r_mean %.2f +- %.2f (final epoch %.2f)", name, tower.label,
-             summary["r_mean"], summary["r_mean_std"], summary["final"]["r_mean"])
+    summary = summarize(results, cfg.eval.selection, seeds, cfg.eval.std, lr_record | {"kind": kind})
+    log.info("%s on %s: r_mean %.2f +- %.2f (final epoch %.2f; lr %s, %s)", name, tower.label,
+             summary["r_mean"], summary["r_mean_std"], summary["final"]["r_mean"], lr_record["lr"],
+             lr_record["lr_policy"])
     return summary
+
+
+def _tuned(cfg: Config, tower: EvalTower,
+           first_seed: Callable[[EvalTower], SeedResult]) -> tuple[EvalTower, dict]:
+    """lr_policy tuned: one student per lr of eval.lr_grid (the first seed's), each scored on val
+    at its val-chosen epoch; the best lr (ties: the smaller) is then used by every seed."""
+    if cfg.eval.selection != "val":
+        raise UserError("eval.lr_policy=tuned picks each set's lr on the validation split: it needs "
+                        f"eval.selection=val (not {cfg.eval.selection})")
+    val = {lr: first_seed(replace(tower, lr=lr)).selection_score for lr in sorted(cfg.eval.lr_grid)}
+    best = max(val, key=lambda lr: (val[lr], -lr))
+    return replace(tower, lr=best), {"lr_policy": "tuned", "lr": best,
+                                     "lr_grid_val": {str(lr): score for lr, score in val.items()}}
 
 
 def evaluate_all(ctx: EvalContext) -> dict:

@@ -22,6 +22,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from .answer import verdict
 from .neighbours import knn
 
 COLUMNS = (("IR@1", "img_r1"), ("IR@5", "img_r5"), ("IR@10", "img_r10"),
@@ -94,10 +95,18 @@ def _towers(results: dict) -> list[tuple[str, dict, bool]]:
 
 def method_rows(results: dict) -> Table:
     """One run on its distilled-on tower: a row per method."""
-    header = ["method"] + [name for name, _ in COLUMNS] + ["r_mean", "final r_mean", "seeds"]
+    header = ["method"] + [name for name, _ in COLUMNS] + ["r_mean", "final r_mean", "seeds", "student lr"]
     rows = [[_method_label(name, results["methods"][name])] + _metric_cells(results["methods"][name])
-            for name in _ordered(results["methods"])]
+            + [_lr_cell(results["methods"][name])] for name in _ordered(results["methods"])]
     return header, rows
+
+
+def _lr_cell(summary: dict) -> str:
+    """How the row's students got their lr (`eval.lr_policy`): `0.1 (fixed)`, `own (authors)`."""
+    if "lr_policy" not in summary:
+        return "-"
+    lr = summary.get("lr")
+    return f"{lr:g} ({summary['lr_policy']})" if isinstance(lr, (int, float)) else f"{lr} ({summary['lr_policy']})"
 
 
 def transfer_rows(results: dict) -> Table:
@@ -172,7 +181,8 @@ def results_table(results: dict) -> str:
         text += ("\n\nCross-architecture transfer: r_mean (val-selected, ± std over seeds) of "
                  "students with other image towers, each with its own recipe\n\n"
                  + markdown(transfer_rows(results)) + "\n\n" + tower_settings(results))
-    return "\n\n".join(part for part in (text, results_notes(results)) if part)
+    answer = verdict(results["methods"], results.get("n_pairs", "?"))
+    return "\n\n".join(part for part in (text, answer, results_notes(results)) if part)
 
 
 def tower_settings(results: dict) -> str:
