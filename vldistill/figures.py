@@ -120,9 +120,9 @@ def _series(record: dict) -> str:
 
 
 def save_training_curves(records: list[dict], path: str | Path) -> Path | None:
-    """Matching loss, learned lrs and eval r_mean against distillation iterations, per
-    distilled method; the final evaluation's r_mean of each method as a dashed line. None: no
-    records."""
+    """Matching loss, learned lrs and the distillation curve (the val probe's r_mean from the
+    set's start, iteration 0, on) against iterations, per distilled method; the final test
+    evaluation's r_mean of each method as a dashed line. None: no records."""
     distill = [r for r in records if r.get("stage") == "distill"]
     if not distill:
         return None
@@ -148,7 +148,8 @@ def save_training_curves(records: list[dict], path: str | Path) -> Path | None:
                             label=f"{method} {value:.2f}")
     loss_ax.set(title="matching loss (line: mean of 10)", xlabel="iteration")
     lr_ax.set(title="learned student lrs", xlabel="iteration", yscale="log")
-    eval_ax.set(title="eval r_mean (dashed: final evaluation)", xlabel="iteration",
+    eval_ax.set(title="r_mean from iteration 0: val probe (distill.eval_every);\n"
+                      "dashed: the final test evaluation", xlabel="iteration",
                 xlim=loss_ax.get_xlim())
     for ax in (loss_ax, lr_ax, eval_ax):
         if ax.get_legend_handles_labels()[0]:
