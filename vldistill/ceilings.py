@@ -39,10 +39,9 @@ def _metrics(image_to_text: Sequence[tuple[int, int]], text_to_image: Sequence[t
              ks: Sequence[int]) -> dict[str, float]:
     """Mean over images of P(a correct caption in the top K) and over captions of P(its image in
     the top K), each item given as (m candidates tied at the top, g correct among them)."""
-    exact = {f"txt_r{k}": sum((_any_in_top(m, g, k) for m, g in image_to_text), Fraction(0)) / len(image_to_text)
-             for k in ks}
-    exact |= {f"img_r{k}": sum((_any_in_top(m, g, k) for m, g in text_to_image), Fraction(0)) / len(text_to_image)
-              for k in ks}
+    def mean(queries: Sequence[tuple[int, int]], k: int) -> Fraction:
+        return sum((_any_in_top(m, g, k) for m, g in queries), Fraction(0)) / len(queries)
+    exact = {f"txt_r{k}": mean(image_to_text, k) for k in ks} | {f"img_r{k}": mean(text_to_image, k) for k in ks}
     exact["r_mean"] = sum(exact.values(), Fraction(0)) / len(exact)
     return {key: float(100 * exact[key]) for key in METRICS if key in exact}
 

@@ -119,9 +119,8 @@ def make_shapes_split(n_images: int, size: int, seed: int, max_words: int = 30,
     generic = [_draw_generic(objects, rng) for objects in drawn]    # drawn always: rendering's draws follow
     pixels, backgrounds = render(drawn, size, rng)
     templates = SCHEMES[scheme]
-    fixed = [(t, 0) for t in range(CAPTIONS_PER_IMAGE)]
-    picks = [pair for image_picks in generic for pair in image_picks] if templates is _GENERIC else (
-        fixed * n_images)
+    picks = ([pair for image_picks in generic for pair in image_picks] if templates is _GENERIC
+             else [(t, 0) for t in range(len(templates))] * n_images)      # every paraphrase once
     caption_image = torch.arange(n_images).repeat_interleave(CAPTIONS_PER_IMAGE)
     texts = [templates[t].text(drawn[i], drawn[i][k], BACKGROUNDS[backgrounds[i]])
              for i, (t, k) in zip(caption_image.tolist(), picks)]
