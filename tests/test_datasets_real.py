@@ -231,8 +231,8 @@ def _dataset_example(name: str, tmp_path) -> list[str]:
         (tmp_path / "c.jsonl").write_text("".join(json.dumps({"image": f"p{i}.png", "caption": cap}) + "\n"
                                                    for i, cap in enumerate(caption_pool(6))))
         return ["data.name=folder", f"data.image_root={tmp_path}", "data.train_json=c.jsonl"]
-    if name == "shapes":
-        return ["data.name=shapes", "data.shapes_train=6", "data.shapes_val=2", "data.shapes_test=2"]
+    if name in ("shapes", "shapes-specific"):
+        return [f"data.name={name}", "data.shapes_train=6", "data.shapes_val=2", "data.shapes_test=2"]
     raise AssertionError(f"add a tiny example of the registered dataset {name!r} here")
 
 
@@ -247,6 +247,8 @@ def test_every_registered_dataset_builds_three_consistent_splits(name, tmp_path)
         assert all(normalize_caption(c) == c for c in split.captions)
         images = split.images.get_batch(torch.arange(split.n_images))
         assert images.shape == (split.n_images, 3, 16, 16) and torch.isfinite(images).all()
+        truth = split.truth()         # checked there: the right shape, each caption true of its image
+        assert (truth is not None) == name.startswith("shapes")       # the embedded ones know it
 
 
 # ---------------------------------------------------------------- bring your own folder

@@ -26,8 +26,12 @@ def test_run_writes_results_for_every_method(tmp_path, cache_dir, capsys):
             assert 0.0 <= summary[key] <= 100.0
         assert summary["n_seeds"] == 2 and summary["r_mean_std"] >= 0.0
         assert summary["r_mean"] == pytest.approx(sum(summary[k] for k in METRICS[:-1]) / 6)
+    ceilings = results["ceilings"]          # the test split's: shapes knows its truth
+    assert set(ceilings) == {"oracle", "chance"} and all(list(c) == list(METRICS) for c in ceilings.values())
+    assert ceilings["chance"]["r_mean"] < ceilings["oracle"]["r_mean"] < 100
     table = capsys.readouterr().out
     assert "| lors |" in table and "| full |" in table
+    assert "| oracle (perfect ranker) |" in table and "| chance |" in table
     # the sets load back and lors-identity really has the identity similarity
     lors = DistilledSet.load(run_dir)
     identity = DistilledSet.load(run_dir / "lors-identity" / "set")

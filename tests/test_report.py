@@ -98,6 +98,21 @@ def test_tables_order_methods_and_mark_test_selection():
     assert both.count("| run |") == 1 and "| runB | shapes | 12 | timm:resnet10t | lors | val |" in both
 
 
+def test_ceilings_are_rows_after_the_methods_without_std():
+    exact = {"oracle": {k: 22.77123 for k in METRICS}, "chance": {k: 0.53312 for k in METRICS}}
+    text = results_table(_results(ceilings=exact))
+    rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| method")]
+    assert [r.split("|")[1].strip() for r in rows] == ["lors", "random", "full", "oracle (perfect ranker)", "chance"]
+    assert rows[-2] == "| oracle (perfect ranker) | " + "22.8 | " * 6 + "22.77 | - | - |"
+    assert rows[-1] == "| chance | " + "0.5 | " * 6 + "0.53 | - | - |"
+    assert "oracle (perfect ranker): the expected recall" in text and "ties broken at random" in text
+    chance_only = results_table(_results(ceilings={"chance": exact["chance"]}))   # truth unknown
+    assert "| chance |" in chance_only and "chance: random scores" in chance_only and "oracle" not in chance_only
+    page = _page(_results(ceilings=exact))
+    assert "oracle (perfect ranker)" in page and "22.77" in page
+    assert "oracle" not in results_table(_results())          # an older run's results.json
+
+
 def test_read_metrics_keeps_the_last_record_of_a_resumed_iteration(tmp_path):
     path = tmp_path / "metrics.jsonl"
     lines = [{"stage": "distill", "kind": "lowrank", "it": 1, "loss": 1.0},

@@ -26,7 +26,7 @@ FIDELITY_MODES = ("reference", "vldistill")
 
 @dataclass
 class DataConfig:
-    name: str = "shapes"                  # a registered dataset: shapes | karpathy | coco | folder
+    name: str = "shapes"                  # a registered dataset: shapes | shapes-specific | karpathy | coco | folder
     image_root: Optional[str] = None      # folder the image paths in the annotations are relative to
     ann_root: Optional[str] = None        # folder holding train/val/test annotation files
     train_json: Optional[str] = None      # annotation file names (relative to ann_root, or absolute)
@@ -50,7 +50,7 @@ class DataConfig:
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     split_seed: int = 0                   # seed of that hold-out draw
-    # the embedded "shapes" dataset
+    # the embedded "shapes" and "shapes-specific" datasets (the same images, other captions)
     shapes_train: int = 10_000            # train images (5 captions each)
     shapes_val: int = 500
     shapes_test: int = 1_000

@@ -7,6 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from . import distributed
+from .ceilings import split_ceilings
 from .config import Config
 from .data import PreparedData, prepare_data
 from .distill import run_distill
@@ -71,7 +72,8 @@ def stage_eval(run: Run, data: PreparedData, sets: dict[str, DistilledSet],
     ctx = EvalContext(run.cfg, data, run.device, sets, run.store(), seed_log=seed_log)
     body = evaluate_all(ctx)
     distilled_on = {s.card.get("image_tower") for s in sets.values()} - {None}
-    results = results_record(run.cfg, data.dataset.name, ctx.n_pairs, body, distilled_on)
+    results = results_record(run.cfg, data.dataset.name, ctx.n_pairs, body, distilled_on,
+                             split_ceilings(data.dataset.test))
     external = set_paths is not None
     results["sets"] = {m: str(p) for m, p in (set_paths or {m: run.set_path(m) for m in sets}).items()}
     path = run.dir / "results.json"

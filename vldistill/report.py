@@ -4,6 +4,8 @@ Tables (markdown for the terminal; report.html shows the same rows):
 - `results_table(results)`: one run's methods x IR@1/5/10, TR@1/5/10, r_mean, each mean ± std
   over seeds at the selected epoch, the final epoch's r_mean beside, then the cross-tower
   transfer table when the run evaluated on more towers.
+  The ceilings of the test split follow as rows without ± (exact): `oracle (perfect ranker)`
+  where the dataset knows which captions are true of which images, and `chance`.
 - `compare_table(runs)`: one table over several runs (run x tower x method rows), the way
   papers present them.
 
@@ -36,6 +38,11 @@ FINAL_NOTE = (f"{FINAL_MARK} the last epoch's numbers, nothing selected (VL-dist
 LEGEND = ("IR = text→image, TR = image→text Recall@K (%), r_mean = mean of the six; "
           f"mean ± std over seeds at the epoch chosen on val (on test where marked {TEST_MARK}, "
           f"the last epoch where marked {FINAL_MARK}: VL-distill's protocol); final = last epoch")
+# (key in results.json "ceilings", row label, footnote)
+CEILINGS = (("oracle", "oracle (perfect ranker)",
+             "oracle (perfect ranker): the expected recall of scores that are 1 where a caption is true "
+             "of an image and 0 elsewhere, ties broken at random (captions true of many images cap it)"),
+            ("chance", "chance", "chance: random scores"))
 
 Table = tuple[list[str], list[list[str]]]       # header, rows of cells
 
@@ -98,6 +105,9 @@ def method_rows(results: dict) -> Table:
     header = ["method"] + [name for name, _ in COLUMNS] + ["r_mean", "final r_mean", "seeds", "student lr"]
     rows = [[_method_label(name, results["methods"][name])] + _metric_cells(results["methods"][name])
             + [_lr_cell(results["methods"][name])] for name in _ordered(results["methods"])]
+    ceilings = results.get("ceilings", {})
+    rows += [[label] + [f"{ceilings[name][key]:.1f}" for _, key in COLUMNS]
+             + [f"{ceilings[name]['r_mean']:.2f}", "-", "-", "-"] for name, label, _ in CEILINGS if name in ceilings]
     return header, rows
 
 
@@ -147,8 +157,10 @@ def markdown(table: Table) -> str:
 
 
 def results_notes(results: dict) -> str:
-    """The footnotes a run's tables need: † test-selected, ‡ final-epoch numbers."""
-    return notes(_all_summaries(results))
+    """The footnotes a run's tables need: † test-selected, ‡ final-epoch numbers, the ceilings."""
+    ceilings = "; ".join(note for name, _, note in CEILINGS if name in results.get("ceilings", {}))
+    return "\n\n".join(part for part in (notes(_all_summaries(results)),
+                                         ceilings and f"{ceilings}. Exact, on the test split") if part)
 
 
 def notes(summaries: list[dict]) -> str:

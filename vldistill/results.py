@@ -6,10 +6,13 @@ from .config import Config
 from .errors import UserError
 
 
-def results_record(cfg: Config, dataset: str, n_pairs: int, body: dict, image_towers: set[str]) -> dict:
+def results_record(cfg: Config, dataset: str, n_pairs: int, body: dict, image_towers: set[str],
+                   ceilings: dict | None = None) -> dict:
     """results.json of one evaluation: the contract's keys, the methods and towers (`body`), and
-    the evaluation settings; `image_towers` are the towers the evaluated sets were distilled on."""
-    return {"dataset": dataset, "n_pairs": n_pairs, **body,
+    the evaluation settings; `image_towers` are the towers the evaluated sets were distilled on;
+    `ceilings` the test split's exact `oracle` (datasets that know their truth) and `chance`
+    (`vldistill.ceilings.split_ceilings`)."""
+    return {"dataset": dataset, "n_pairs": n_pairs, **body, **({"ceilings": ceilings} if ceilings else {}),
             "eval": {"selection": cfg.eval.selection, "num_eval": cfg.eval.num_eval,
                      "epochs": cfg.eval.epochs, "lr": cfg.eval.lr, "augment": cfg.eval.augment,
                      "image_tower": cfg.model.image_tower, "frozen_backbone": cfg.model.frozen_backbone,

@@ -1,7 +1,7 @@
 """Caption datasets by name, and the prepared data every stage works from.
 
 `build_dataset(data_cfg, cache_dir)` turns a `DataConfig` into a `CaptionDataset` (the
-registry `DATASETS`: shapes, karpathy, coco, folder); `prepare_data(cfg)` adds the frozen text
+registry `DATASETS`: shapes, shapes-specific, karpathy, coco, folder); `prepare_data(cfg)` adds the frozen text
 tower's embedding of every caption (cached).
 """
 from . import coco, folder, karpathy, shapes  # noqa: F401  (each registers its dataset)

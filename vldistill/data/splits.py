@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Callable, Optional, Protocol, Sequence
 
 import torch
 
@@ -54,12 +54,17 @@ class TensorImages:
 
 @dataclass
 class CaptionSplit:
-    """One split. Captions are normalized; `caption_image[j]` is the image of caption j."""
+    """One split. Captions are normalized; `caption_image[j]` is the image of caption j.
+
+    A dataset that knows which captions are true of which images (the embedded ones, from
+    their scene descriptions) gives `truth_fn`; the others leave it None.
+    """
 
     images: ImageSource
     captions: list[str]
     caption_image: torch.Tensor         # (n_captions,) long: txt2img
     image_names: list[str] = field(default_factory=list)
+    truth_fn: Optional[Callable[[], torch.Tensor]] = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if len(self.captions) != len(self.caption_image):
@@ -80,6 +85,22 @@ class CaptionSplit:
         for j, i in enumerate(self.caption_image.tolist()):
             out[i].append(j)
         return out
+
+    def truth(self) -> torch.Tensor | None:
+        """(n_images, n_captions) bool: T[i, c] = caption c is true of image i (of its scene, not
+        only of the image it was written for); None where the dataset does not know. Checked:
+        every caption is true of its own image."""
+        if self.truth_fn is None:
+            return None
+        table = self.truth_fn()
+        if table.shape != (self.n_images, len(self.captions)) or table.dtype != torch.bool:
+            raise ValueError(f"truth is {tuple(table.shape)} {table.dtype}, not "
+                             f"({self.n_images}, {len(self.captions)}) bool")
+        own = table[self.caption_image, torch.arange(len(self.captions))]
+        if not bool(own.all()):
+            raise ValueError(f"{int((~own).sum())} captions are not true of their own image "
+                             f"(first: {self.captions[int((~own).nonzero()[0])]!r})")
+        return table
 
 
 @dataclass
