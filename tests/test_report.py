@@ -103,8 +103,8 @@ def test_ceilings_are_rows_after_the_methods_without_std():
     text = results_table(_results(ceilings=exact))
     rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| method")]
     assert [r.split("|")[1].strip() for r in rows] == ["lors", "random", "full", "oracle (perfect ranker)", "chance"]
-    assert rows[-2] == "| oracle (perfect ranker) | " + "22.8 | " * 6 + "22.77 | - | - |"
-    assert rows[-1] == "| chance | " + "0.5 | " * 6 + "0.53 | - | - |"
+    assert rows[-2] == "| oracle (perfect ranker) | " + "22.8 | " * 6 + "22.77 | - | - | - |"
+    assert rows[-1] == "| chance | " + "0.5 | " * 6 + "0.53 | - | - | - |"
     assert "oracle (perfect ranker): the expected recall" in text and "ties broken at random" in text
     chance_only = results_table(_results(ceilings={"chance": exact["chance"]}))   # truth unknown
     assert "| chance |" in chance_only and "chance: random scores" in chance_only and "oracle" not in chance_only
