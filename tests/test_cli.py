@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from vldistill.cli import COMMANDS, main
-from vldistill.config import load_config
+from vldistill.configio import load_config
 from vldistill.config_help import annotated_yaml, field_comments
 from vldistill.config import DistillConfig
 

@@ -12,7 +12,8 @@ import torch
 
 from fixtures_real import image_names, karpathy_overrides, truncate, write_image, write_karpathy
 from reliability_helpers import FAST, REPO, TINY, copy_store, run_cli, tiny_store
-from vldistill.config import ConfigError, load_config
+from vldistill.config import ConfigError
+from vldistill.configio import load_config
 from vldistill.errors import UserError
 
 # ---------------------------------------------------------------- config values

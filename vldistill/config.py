@@ -1,10 +1,13 @@
-"""Structured run configuration: dataclasses grouped by stage, loaded with omegaconf.
+"""Structured run configuration: the schema, dataclasses grouped by stage.
 
-A run is described by one YAML file plus `key=value` overrides (`distill.rank=20`).
-Unknown keys, wrong types and impossible values are user errors: they raise `ConfigError`
-with one line that says what to fix. A key left null (~) where the comment says "mode"
-takes the value of the run's `fidelity` (`vldistill.fidelity`: `reference` reproduces the
-authors' scripts, `vldistill` is ours); the resolved value is what config.yaml records.
+A run is described by one YAML file plus `key=value` overrides (`distill.rank=20`), merged into
+these dataclasses by `vldistill.configio`. Wrong types and impossible values are user errors:
+they raise `ConfigError` with one line that says what to fix. A key left null (~) where its help
+says "mode" takes the value of the run's `fidelity` (`vldistill.fidelity`: `reference`
+reproduces the authors' scripts, `vldistill` is ours); the loaders resolve it, and the resolved
+value is what config.yaml records. Names of registered things (datasets, towers, losses,
+methods, ...) are checked by the loaders too, once the registries are filled: this module
+imports nothing of the package but its errors, so reading a config never imports torch.
 """
 from __future__ import annotations
 
@@ -55,7 +58,6 @@ class DataConfig:
     shapes_seed: int = 0                  # the dataset is a pure function of this seed and sizes
 
     def __post_init__(self) -> None:
-        _registered(self, "name", "dataset")
         _positive(self, "image_size", "max_words", "shapes_train", "shapes_val", "shapes_test")
         _choice(self, "caption_cleaner", ("reference", "strict"))
         if self.num_workers < 0:
@@ -80,8 +82,6 @@ class ModelConfig:
                                           # a trainable image head follows it; only the two heads train
 
     def __post_init__(self) -> None:
-        _registered(self, "image_tower", "image tower")
-        _registered(self, "text_tower", "text tower")
         _positive(self, "convnet_width", "convnet_depth", "text_batch_size", "temperature")
         if self.head_dropout is not None and not 0.0 <= self.head_dropout < 1.0:
             raise ConfigError("model.head_dropout must be in [0, 1)")
@@ -165,9 +165,6 @@ class DistillConfig:
                   "rank", "checkpoint_every", "max_bad_steps", "lr_teacher", "min_lr", "logit_scale")
         _non_negative(self, "lr_img", "lr_txt", "lr_lr", "lr_sim", "momentum_syn", "momentum_lr",
                       "momentum_sim", "min_start_epoch", "loss_eps", "eval_every", "blend_alpha")
-        _registered(self, "sim_kind", "similarity")
-        _registered(self, "loss", "loss")
-        _registered(self, "matching", "matching")
         _choice(self, "init", ("real", "noise"))
         _choice(self, "init_draw", ("images", "captions"))
         _choice(self, "lr_param", ("linear", "log"))
@@ -194,19 +191,6 @@ class DistillConfig:
         return self.max_start_epoch - 1 + self.expert_epochs
 
 
-RENAMED_METHODS = {"baseline": "lors-identity"}     # old name -> new name, refused with a hint
-
-
-def _check_methods(methods: list[str], key: str) -> None:
-    known = _registry("method")
-    for m in methods:
-        if m in RENAMED_METHODS:
-            raise ConfigError(f"{key}: the method {m!r} is now called {RENAMED_METHODS[m]!r} (LoRS's "
-                              "pipeline with S = I); VL-distill's own algorithm is 'vl-distill'")
-        if m not in known:
-            raise ConfigError(f"{key}: unknown method {m!r}; known: {', '.join(known.names())}")
-
-
 @dataclass
 class EvalTowerConfig:
     """One more image tower to evaluate every set on (cross-architecture transfer).
@@ -230,11 +214,6 @@ class EvalTowerConfig:
         for name in ("lr", "full_lr", "epochs", "full_epochs", "batch_size"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ConfigError(f"eval.towers.*.{name} must be > 0 (or null to take eval.{name})")
-        if self.image_tower is not None:
-            _registered(self, "image_tower", "image tower")
-        if self.augment is not None:
-            _registered(self, "augment", "augmentation")
-        _check_methods(self.methods or [], "eval.towers.*.methods")
 
 
 SELECTIONS = ("val", "test", "final")
@@ -271,8 +250,6 @@ class EvalConfig:
         _choice(self, "std", ("sample", "population"))
         _choice(self, "batch_sampler", ("partition", "shuffle_head"))
         _choice(self, "coreset_space", ("image", "text", "joint"))
-        _registered(self, "augment", "augmentation")
-        _check_methods(self.methods, "eval.methods")
         if self.lr is not None and self.lr <= 0:
             raise ConfigError("eval.lr must be > 0 (or null to use the learned lrs)")
         if self.full_lr is not None and self.full_lr <= 0:
@@ -304,8 +281,8 @@ class Config:
         _choice(self, "amp", ("none", "bf16"))
         if self.threads < 0:
             raise ConfigError(f"threads must be >= 0 (0: torch's default), got {self.threads}")
-        from .fidelity import resolve
-        resolve(self)
+        # mode keys are still null here until the loaders resolve them (fidelity.resolve builds
+        # a new Config, so these checks run again on the resolved values)
         last = self.distill.last_epoch_used
         if last > self.buffer.epochs:
             raise ConfigError(
@@ -337,39 +314,6 @@ def _choice(obj: Any, name: str, options: tuple[str, ...]) -> None:
         raise ConfigError(f"{_section(obj)}{name} must be one of {', '.join(options)}; got {value!r}")
 
 
-def _registry(kind: str):
-    """The registry behind a kind of name (imported here, lazily: the registries import torch)."""
-    if kind == "dataset":
-        from .data import DATASETS as registry
-    elif kind == "image tower":
-        from .models import IMAGE_TOWERS as registry
-    elif kind == "text tower":
-        from .models import TEXT_TOWERS as registry
-    elif kind == "similarity":
-        from .similarity import SIMILARITIES as registry
-    elif kind == "loss":
-        from .losses import LOSSES as registry
-    elif kind == "augmentation":
-        from .augment import AUGMENTATIONS as registry
-    elif kind == "method":
-        from .methods import METHODS as registry
-    elif kind == "matching":
-        from .matching import MATCHERS as registry
-    else:
-        raise KeyError(kind)
-    return registry
-
-
-def _registered(obj: Any, name: str, kind: str) -> None:
-    """The field names a registered `kind` (for towers: its `PREFIX` in `PREFIX:ARG`)."""
-    value = getattr(obj, name)
-    registry = _registry(kind)
-    key = value.partition(":")[0] if kind in ("image tower", "text tower") else value
-    if key not in registry:
-        raise ConfigError(f"{_section(obj)}{name}: unknown {kind} {value!r}; known: "
-                          f"{', '.join(registry.names())}")
-
-
 _SECTIONS = {"DataConfig": "data.", "ModelConfig": "model.", "BufferConfig": "buffer.",
              "DistillConfig": "distill.", "EvalConfig": "eval.", "EvalTowerConfig": "eval.towers.*."}
 
@@ -378,9 +322,5 @@ def _section(obj: Any) -> str:
     return _SECTIONS.get(type(obj).__name__, "")
 
 
-# loading lives in configio (it needs Config defined first); re-exported for `from .config import`
-from .configio import config_from_dict, load_config, to_yaml, with_overrides  # noqa: E402
-
 __all__ = ["BATCHNORM_MODES", "Config", "ConfigError", "DataConfig", "DistillConfig", "EvalConfig",
-           "EvalTowerConfig", "FIDELITY_MODES", "ModelConfig", "BufferConfig", "SELECTIONS",
-           "config_from_dict", "load_config", "to_yaml", "with_overrides"]
+           "EvalTowerConfig", "FIDELITY_MODES", "ModelConfig", "BufferConfig", "SELECTIONS"]
