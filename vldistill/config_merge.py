@@ -17,7 +17,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from .config import Config, ConfigError
+from .config import Config, ConfigError, key_help
 from .fidelity import resolve
 
 Layer = tuple[str, Callable[[], Any]]       # (where it comes from, for errors; make the layer)
@@ -87,7 +87,9 @@ def _merge(merged: DictConfig, layers: list[Layer]) -> Config:
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None)
         reason = str(err).splitlines()[0]
-        raise ConfigError(f"{f'config key {key!r}' if key else source}: {reason}") from None
+        meaning = key_help(str(key)) if key else ""         # a wrong type: say what the key is
+        gloss = f" ({key}: {meaning})" if meaning else ""
+        raise ConfigError(f"{f'config key {key!r}' if key else source}: {reason}{gloss}") from None
 
 
 def _load_yaml(path: Path) -> Any:
