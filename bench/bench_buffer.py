@@ -24,7 +24,7 @@ import torch
 
 from _machine import add_machine_args, apply_machine_args, steady_clock, time_interleaved, write_results
 
-from vldistill.config import load_config
+from vldistill.configio import load_config
 from vldistill.data import prepare_data
 from vldistill.trajectories import Snapshot, TrajectoryStore, epochs_to_keep
 from vldistill.models.student import FunctionalStudent, build_student

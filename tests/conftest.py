@@ -24,7 +24,7 @@ def cache_dir(tmp_path_factory) -> Path:
 @pytest.fixture
 def tiny_cfg(tmp_path, cache_dir):
     """The tiny config with its run directory in tmp_path; pass overrides to customise."""
-    from vldistill.config import load_config
+    from vldistill.configio import load_config
 
     def make(*overrides: str):
         return load_config(TINY, [f"run_dir={tmp_path / 'run'}", f"cache_dir={cache_dir}", *overrides])
@@ -33,6 +33,6 @@ def tiny_cfg(tmp_path, cache_dir):
 
 @pytest.fixture(scope="session")
 def tiny_data(cache_dir):
-    from vldistill.config import load_config
+    from vldistill.configio import load_config
     from vldistill.data import prepare_data
     return prepare_data(load_config(TINY, [f"cache_dir={cache_dir}"]))

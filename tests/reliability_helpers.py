@@ -25,7 +25,7 @@ def tiny_store(cache_dir: Path) -> Path:
     store_dir = cache_dir / "reliability-store"
     if (store_dir / "expert_000.safetensors").is_file():
         return store_dir
-    from vldistill.config import load_config
+    from vldistill.configio import load_config
     from vldistill.data import prepare_data
     from vldistill.experts import run_buffer
     from vldistill.trajectories import TrajectoryStore

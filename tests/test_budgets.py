@@ -13,7 +13,8 @@ from reliability_helpers import FAST, TINY, tiny_store
 from vldistill import evaluate, methods
 from vldistill.answer import compare_best, verdict
 from vldistill.cli import main
-from vldistill.config import ConfigError, load_config
+from vldistill.config import ConfigError
+from vldistill.configio import load_config
 from vldistill.data import prepare_data
 from vldistill.evaluate import SeedResult, eval_towers, probe_set, random_pairs, train_on_set
 from vldistill.methods import METHODS, EvalContext, evaluate_method

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from vldistill.cli import COMMANDS, main
-from vldistill.config import load_config
-from vldistill.config_help import annotated_yaml, field_comments
+from vldistill.configio import load_config
+from vldistill.config_help import annotated_yaml, field_help
 from vldistill.config import DistillConfig
 
 from test_evaluate import make_set
@@ -41,8 +41,7 @@ def test_config_prints_the_resolved_config_with_each_keys_meaning(tmp_path, caps
     assert load_config(path) == load_config(TINY, ["fidelity=reference", "distill.rank=3"])   # reads back
     assert "syn_steps: 3  # T: student steps on the synthetic set per iteration" in text
     assert "head_dropout: 0.1  # mode:" in text                 # resolved, and says it is mode-dependent
-    comments = field_comments(DistillConfig)
-    assert comments["expert_order"][1].startswith("mode: random (an expert drawn per iteration) | cycle")
+    assert field_help(DistillConfig)["expert_order"].startswith("mode: random (an expert drawn per iteration) | cycle")
 
 
 def test_annotated_yaml_covers_every_key():

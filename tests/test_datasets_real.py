@@ -13,7 +13,7 @@ import torch
 from fixtures_real import (KARPATHY, caption_pool, image_names, karpathy_overrides, make_tiny_bert,
                            truncate, write_image, write_karpathy)
 
-from vldistill.config import load_config
+from vldistill.configio import load_config
 from vldistill.data import DATASETS, build_dataset
 from vldistill.data import images as images_module
 from vldistill.data.images import CLIP_MEAN, CLIP_STD, BadImageError, DecodedImages, FileImages, ImageTransform

@@ -11,7 +11,8 @@ from torch import nn
 
 from vldistill.augment import AUGMENTATIONS, augment
 from vldistill.cli import main
-from vldistill.config import ConfigError, load_config, with_overrides
+from vldistill.config import ConfigError
+from vldistill.configio import load_config, with_overrides
 from vldistill.data import DATASETS
 from vldistill.losses import LOSSES
 from vldistill.methods import METHODS, register_distilled, register_method, train_on_set

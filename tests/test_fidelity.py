@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from vldistill import evaluate
-from vldistill.config import load_config
+from vldistill.configio import load_config
 from vldistill.data.splits import normalize_caption
 from vldistill.evaluate import SeedResult, train_on_set
 from vldistill.fidelity import DIFFERENCES, difference_table

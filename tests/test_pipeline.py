@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from vldistill.cli import main
-from vldistill.config import load_config
+from vldistill.configio import load_config
 from vldistill.trajectories import TrajectoryStore
 from vldistill.retrieval import METRICS
 from vldistill.synset import DistilledSet

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from vldistill import experts, repblend
 from vldistill.cli import main
-from vldistill.config import load_config
+from vldistill.configio import load_config
 from vldistill.data import prepare_data
 from vldistill.methods import method_config
 from vldistill.models.student import Blend, FunctionalStudent, build_student

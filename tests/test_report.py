@@ -131,8 +131,9 @@ def _write_demo_report(tiny_data, tmp_path):
                 "lr_txt": 0.1} for kind in ("lowrank", "identity") for it in range(1, 21)]
     records += [{"stage": "distill_eval", "kind": "lowrank", "it": it, "r_mean": 5.0 + it} for it in (10, 20)]
     records.append({"stage": "eval", "lors": 12.0, "lors-identity": 9.0})
-    inputs = ReportInputs("report test", sets, tiny_data.text["train"], tiny_data.dataset.train.captions,
-                          tiny_data.dataset.mean, tiny_data.dataset.std, _results(), records)
+    inputs = ReportInputs(title="report test", sets=sets, text_bank=tiny_data.text["train"],
+                          captions=tiny_data.dataset.train.captions, mean=tiny_data.dataset.mean,
+                          std=tiny_data.dataset.std, results=_results(), records=records)
     return write_report(inputs, tmp_path / "report")
 
 

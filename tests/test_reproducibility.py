@@ -67,7 +67,7 @@ def test_run_directory_records_what_the_result_depends_on(first):
 
 
 def test_deterministic_flag_is_applied_and_changes_nothing_on_cpu(first, tmp_path, cache_dir):
-    from vldistill.config import load_config
+    from vldistill.configio import load_config
     from vldistill.rundir import open_run
     try:
         run = _run(tmp_path / "run", cache_dir, "deterministic=true", f"buffer.dir={first / 'buffer'}",

@@ -182,7 +182,7 @@ def test_metrics_line_cut_by_a_kill_does_not_swallow_the_next_record(tmp_path):
 
 # ---------------------------------------------------------------- the buffer stage
 def _buffer_cfg(store: Path, cache_dir: Path, *extra: str):
-    from vldistill.config import load_config
+    from vldistill.configio import load_config
     return load_config(TINY, [f"cache_dir={cache_dir}", f"buffer.dir={store}", *FAST, *extra])
 
 

@@ -12,7 +12,8 @@ import torch
 
 from fixtures_real import image_names, karpathy_overrides, truncate, write_image, write_karpathy
 from reliability_helpers import FAST, REPO, TINY, copy_store, run_cli, tiny_store
-from vldistill.config import ConfigError, load_config
+from vldistill.config import ConfigError
+from vldistill.configio import load_config
 from vldistill.errors import UserError
 
 # ---------------------------------------------------------------- config values
@@ -195,3 +196,18 @@ def test_no_pickle_loading_in_the_package():
         assert not re.search(r"^\s*(import pickle|from pickle|import dill|import joblib)", text, re.M), path
         for call in re.finditer(r"torch\.load\(([^)]*)\)", text):
             assert "weights_only=True" in call.group(1), f"{path}: {call.group(0)}"
+
+
+def test_registered_names_are_checked_when_a_config_is_loaded():
+    """The schema alone takes any name; the loaders look each one up in its registry."""
+    import re
+    from vldistill.config import Config, DataConfig
+    from vldistill.configio import check_names
+    unchecked = Config(data=DataConfig(name="nosuch"))
+    with pytest.raises(ConfigError, match="data.name: unknown dataset 'nosuch'; known: .*shapes"):
+        check_names(unchecked)
+    # an eval tower named only by its key: the key is the tower, checked before anything trains
+    with pytest.raises(ConfigError, match=re.escape("eval.towers.*.image_tower: unknown image tower 'nosuch'")):
+        load_config(TINY, ["eval.towers.nosuch.lr=0.1"])
+    with pytest.raises(ConfigError, match="is now called 'lors-identity'"):
+        load_config(TINY, ["eval.methods=[baseline]"])

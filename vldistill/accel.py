@@ -19,7 +19,6 @@ from .models.student import DualEncoder
 
 log = logging.getLogger(__name__)
 
-AMP_MODES = ("none", "bf16")
 _warned: set[str] = set()
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .config import Config, load_config
+from .config import Config
 from .errors import UserError
 from .io import read_json
 
@@ -31,6 +31,7 @@ class Command:
 
 def _config_for(target: str, overrides: list[str]) -> Config:
     """A YAML file, or a run directory (its recorded config, resumed in place)."""
+    from .configio import load_config       # (fills the registries: imports torch)
     path = Path(target)
     if path.is_dir():
         if not (path / "config.yaml").is_file():
@@ -157,12 +158,12 @@ def cmd_decode(args: argparse.Namespace) -> None:
 
 def _set_config(target: Path, synthetic, overrides: list[str]) -> Config:
     """The config a set was made with: its run directory's config.yaml, else its card's."""
+    from .configio import config_from_dict, load_config
     folder = target if target.is_dir() else target.parent
     for candidate in (folder / "config.yaml", folder.parent / "config.yaml"):
         if candidate.is_file():
             return load_config(candidate, overrides)
     if "config" in synthetic.card:
-        from .config import config_from_dict
         return config_from_dict(synthetic.card["config"], f"the card of {str(target)!r}", overrides)
     raise UserError(f"{str(target)!r}: no config.yaml beside the set and none in its card: "
                     "decode it inside its run directory")

@@ -1,14 +1,18 @@
-"""Structured run configuration: dataclasses grouped by stage, loaded with omegaconf.
+"""Structured run configuration: the schema, dataclasses grouped by stage.
 
-A run is described by one YAML file plus `key=value` overrides (`distill.rank=20`).
-Unknown keys, wrong types and impossible values are user errors: they raise `ConfigError`
-with one line that says what to fix. A key left null (~) where the comment says "mode"
-takes the value of the run's `fidelity` (`vldistill.fidelity`: `reference` reproduces the
-authors' scripts, `vldistill` is ours); the resolved value is what config.yaml records.
+A run is described by one YAML file plus `key=value` overrides (`distill.rank=20`), merged into
+these dataclasses by `vldistill.configio`. Wrong types and impossible values are user errors:
+they raise `ConfigError` with one line that says what to fix. A key left null (~) where its help
+says "mode" takes the value of the run's `fidelity` (`vldistill.fidelity`: `reference`
+reproduces the authors' scripts, `vldistill` is ours); the loaders resolve it, and the resolved
+value is what config.yaml records. Names of registered things (datasets, towers, losses,
+methods, ...) are checked by the loaders too, once the registries are filled: this module
+imports nothing of the package but its errors, so reading a config never imports torch.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import copy
+from dataclasses import Field, dataclass, field, fields, is_dataclass
 from typing import Any, Optional
 
 from .errors import UserError
@@ -16,6 +20,17 @@ from .errors import UserError
 
 class ConfigError(UserError, ValueError):
     """A configuration a user wrote is wrong; the message says how to fix it."""
+
+
+def doc(default: Any, help: str) -> Any:
+    """A field whose meaning is data (`metadata["help"]`), so `vldistill config`, docs/config.md
+    and error messages read it instead of comments; a dataclass type or a list default is made
+    fresh for every instance."""
+    if isinstance(default, type):
+        return field(default_factory=default, metadata={"help": help})
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
 
 
 BATCHNORM_MODES = ("batch", "frozen")
@@ -26,38 +41,42 @@ FIDELITY_MODES = ("reference", "vldistill")
 
 @dataclass
 class DataConfig:
-    name: str = "shapes"                  # a registered dataset: shapes | shapes-specific | karpathy | coco | folder
-    image_root: Optional[str] = None      # folder the image paths in the annotations are relative to
-    ann_root: Optional[str] = None        # folder holding train/val/test annotation files
-    train_json: Optional[str] = None      # annotation file names (relative to ann_root, or absolute)
-    val_json: Optional[str] = None
-    test_json: Optional[str] = None
-    image_size: int = 32                  # square side the towers see
-    max_words: int = 30                   # captions are truncated to this many words
-    caption_cleaner: Optional[str] = None # mode: reference (keeps , and ?) | strict (drops them too)
-    no_aug: bool = True                   # turn off train-time augmentation of real images
-    skip_bad_images: bool = False         # skip (and count) unreadable images instead of failing
-    num_workers: int = 0                  # DataLoader workers for real images
-    cache_images: Optional[bool] = None   # mode: decode real images once into a uint8 tensor file
-                                          # (cache_dir); train crops then come from the resized image
-    cache_max_gb: float = 8.0             # ... for splits whose decoded pixels fit in this many GB
-    # coco (captions_*.json through pycocotools): image ids of each split, as a list or a file
-    # (one id per line, or a JSON list); null takes every image of that split's file
-    train_ids: Any = None
-    val_ids: Any = None
-    test_ids: Any = None
-    # folder: with only train_json given, these fractions of its images are held out as val/test
-    val_fraction: float = 0.1
-    test_fraction: float = 0.1
-    split_seed: int = 0                   # seed of that hold-out draw
-    # the embedded "shapes" and "shapes-specific" datasets (the same images, other captions)
-    shapes_train: int = 10_000            # train images (5 captions each)
-    shapes_val: int = 500
-    shapes_test: int = 1_000
-    shapes_seed: int = 0                  # the dataset is a pure function of this seed and sizes
+    name: str = doc("shapes", "a registered dataset: shapes | shapes-specific | karpathy | coco | folder")
+    image_root: Optional[str] = doc(None, "folder the image paths in the annotations are relative to")
+    ann_root: Optional[str] = doc(None, "folder holding train/val/test annotation files")
+    train_json: Optional[str] = doc(None, "the train split's annotation file name (relative to ann_root, "
+                                          "or absolute)")
+    val_json: Optional[str] = doc(None, "the val split's annotation file (karpathy: required; coco: null "
+                                        "reads train_json; folder: give both val_json and test_json, or "
+                                        "neither)")
+    test_json: Optional[str] = doc(None, "the test split's annotation file (as val_json)")
+    image_size: int = doc(32, "square side the towers see")
+    max_words: int = doc(30, "captions are truncated to this many words")
+    caption_cleaner: Optional[str] = doc(None, "mode: reference (keeps , and ?) | strict (drops them too)")
+    no_aug: bool = doc(True, "turn off train-time augmentation of real images")
+    skip_bad_images: bool = doc(False, "skip (and count) unreadable images instead of failing")
+    num_workers: int = doc(0, "DataLoader workers for real images")
+    cache_images: Optional[bool] = doc(None, "mode: decode real images once into a uint8 tensor file "
+                                             "(cache_dir); train crops then come from the resized image")
+    cache_max_gb: float = doc(8.0, "with cache_images: only splits whose decoded pixels fit in this many "
+                                   "GB are cached")
+    train_ids: Any = doc(None, "coco (captions_*.json through pycocotools): image ids of the train split, "
+                               "as a list or a file (one id per line, or a JSON list); null takes every "
+                               "image of that split's file")
+    val_ids: Any = doc(None, "coco: image ids of the val split (as train_ids)")
+    test_ids: Any = doc(None, "coco: image ids of the test split (as train_ids)")
+    val_fraction: float = doc(0.1, "folder: with only train_json given, this fraction of its images is "
+                                   "held out as val")
+    test_fraction: float = doc(0.1, "folder: with only train_json given, this fraction of its images is "
+                                    "held out as test")
+    split_seed: int = doc(0, "folder: seed of that hold-out draw")
+    shapes_train: int = doc(10_000, "shapes and shapes-specific (the embedded datasets: the same images, other "
+                                         "captions): train images (5 captions each)")
+    shapes_val: int = doc(500, "shapes: val images")
+    shapes_test: int = doc(1_000, "shapes: test images")
+    shapes_seed: int = doc(0, "shapes: the dataset is a pure function of this seed and the sizes")
 
     def __post_init__(self) -> None:
-        _registered(self, "name", "dataset")
         _positive(self, "image_size", "max_words", "shapes_train", "shapes_val", "shapes_test")
         _choice(self, "caption_cleaner", ("reference", "strict"))
         if self.num_workers < 0:
@@ -69,21 +88,22 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    image_tower: str = "convnet"          # a registered image tower: convnet | timm:NAME | open_clip:NAME
-    pretrained_path: Optional[str] = None # local weights for the image tower, or imagenet: packaged weights (timm:efficientnet_lite0); nothing is downloaded
-    convnet_width: int = 64
-    convnet_depth: int = 3
-    text_tower: str = "minilm"            # a registered text tower: minilm | st:DIR | hf:DIR | open_clip:NAME@CKPT
-    text_batch_size: int = 256            # captions per forward pass when filling the cache
-    head_dropout: Optional[float] = None  # mode: dropout inside the projection heads (reference 0.1)
-    batchnorm: str = "batch"              # batch: batch statistics in training | frozen: running statistics always
-    temperature: float = 0.07             # logits = cos / temperature (experts and evaluation)
-    frozen_backbone: bool = False         # RepBlend: the image tower is frozen (eval mode, never trained) and
-                                          # a trainable image head follows it; only the two heads train
+    image_tower: str = doc("convnet", "a registered image tower: convnet | timm:NAME | open_clip:NAME")
+    pretrained_path: Optional[str] = doc(None, "local weights for the image tower, or imagenet: packaged "
+                                               "weights (timm:efficientnet_lite0); nothing is downloaded")
+    convnet_width: int = doc(64, "convnet: channels of each conv block")
+    convnet_depth: int = doc(3, "convnet: conv blocks (each halves the image side)")
+    text_tower: str = doc("minilm", "a registered text tower: minilm | st:DIR | hf:DIR | "
+                                    "open_clip:NAME@CKPT")
+    text_batch_size: int = doc(256, "captions per forward pass when filling the cache")
+    head_dropout: Optional[float] = doc(None, "mode: dropout inside the projection heads (reference 0.1)")
+    batchnorm: str = doc("batch", "batch: batch statistics in training | frozen: running statistics "
+                                  "always")
+    temperature: float = doc(0.07, "logits = cos / temperature (experts and evaluation)")
+    frozen_backbone: bool = doc(False, "RepBlend: the image tower is frozen (eval mode, never trained) "
+                                       "and a trainable image head follows it; only the two heads train")
 
     def __post_init__(self) -> None:
-        _registered(self, "image_tower", "image tower")
-        _registered(self, "text_tower", "text tower")
         _positive(self, "convnet_width", "convnet_depth", "text_batch_size", "temperature")
         if self.head_dropout is not None and not 0.0 <= self.head_dropout < 1.0:
             raise ConfigError("model.head_dropout must be in [0, 1)")
@@ -92,21 +112,24 @@ class ModelConfig:
 
 @dataclass
 class BufferConfig:
-    num_experts: int = 3
-    epochs: int = 3                       # expert training epochs (one snapshot after each)
-    lr_teacher: float = 0.1               # expert SGD lr (image tower and text head)
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    batch_size: int = 128
-    pairs_per_epoch: str = "captions"     # captions: every caption once (reference) | images: every
-                                          # image once, with one of its captions drawn at random
-    drop_last: Optional[bool] = None      # mode: drop an epoch's last, partial batch (reference: yes)
-    text_dropout: Optional[bool] = None   # mode: experts run the text tower per batch in train mode
-                                          # (dropout-noised features, reference) instead of the cache
-    backbone_per_batch: Optional[bool] = None  # mode: with model.frozen_backbone, experts (and `full`) run
-                                          # it on every (augmented) batch (reference) instead of cached features
-    store_all_epochs: bool = False        # False: keep only epochs distillation can use
-    dir: Optional[str] = None             # trajectory store; default RUN_DIR/buffer (share it across runs)
+    num_experts: int = doc(3, "experts trained, each from its own seed (distillation matches one per "
+                              "iteration)")
+    epochs: int = doc(3, "expert training epochs (one snapshot after each)")
+    lr_teacher: float = doc(0.1, "expert SGD lr (image tower and text head)")
+    momentum: float = doc(0.0, "expert SGD momentum")
+    weight_decay: float = doc(0.0, "expert SGD weight decay")
+    batch_size: int = doc(128, "expert mini-batch (pairs)")
+    pairs_per_epoch: str = doc("captions", "captions: every caption once (reference) | images: every "
+                                           "image once, with one of its captions drawn at random")
+    drop_last: Optional[bool] = doc(None, "mode: drop an epoch's last, partial batch (reference: yes)")
+    text_dropout: Optional[bool] = doc(None, "mode: experts run the text tower per batch in train mode "
+                                             "(dropout-noised features, reference) instead of the cache")
+    backbone_per_batch: Optional[bool] = doc(None, "mode: with model.frozen_backbone, experts (and "
+                                                   "`full`) run it on every (augmented) batch (reference) "
+                                                   "instead of cached features")
+    store_all_epochs: bool = doc(False, "keep every epoch's snapshot (false: only the epochs distillation "
+                                        "can use)")
+    dir: Optional[str] = doc(None, "trajectory store; default RUN_DIR/buffer (share it across runs)")
 
     def __post_init__(self) -> None:
         _positive(self, "num_experts", "epochs", "batch_size")
@@ -116,64 +139,67 @@ class BufferConfig:
 
 @dataclass
 class DistillConfig:
-    n_pairs: int = 100
-    iterations: int = 300
-    syn_steps: int = 8                    # T: student steps on the synthetic set per iteration
-    expert_epochs: int = 1                # M: target snapshot is start + M
-    min_start_epoch: int = 0
-    max_start_epoch: int = 2              # start epoch drawn from [min_start_epoch, max_start_epoch)
-    expert_order: Optional[str] = None    # mode: random (an expert drawn per iteration) | cycle (each
-                                          # expert once per shuffled pass, reference)
-    mini_batch: int = 20                  # synthetic pairs per student step
-    batch_draw: str = "walk"              # walk: consecutive chunks of a permutation (LoRS) | fresh: a
-                                          # new permutation's first mini_batch every step (VL-distill)
-    matching: str = "tesla"               # tesla (constant memory, stop-gradient on the student) | unroll
-    logit_scale: Optional[float] = None   # inner-loop logit scale; null: 1 / model.temperature
-    blend_alpha: float = 0.0              # RepBlend: >0 blends representations in each student step,
-                                          # lam ~ Beta(alpha, alpha) (experts and evaluation never blend)
-    sim_kind: str = "lowrank"             # a registered similarity: lowrank | full | identity
-    rank: int = 10
-    alpha: float = 3.0
-    loss: str = "infonce"                 # a registered loss: infonce | ence | bce | wbce | kl | mse | cwcl
-    loss_eps: Optional[float] = None      # mode: eps of log(p + eps) in WBCE (reference 1e-6; 0: exact)
-    init: str = "real"                    # real: random real pairs | noise (images and texts) | herding |
-                                          # kcenter: the coreset of eval.coreset_space (distillation from
-                                          # the best selection, to measure what distilling adds to it)
-    init_draw: Optional[str] = None       # mode: images (distinct images, a caption each) | captions
-                                          # (distinct caption entries, images may repeat: reference)
-    init_augment: Optional[bool] = None   # mode: start from an augmented view (reference: when augmenting)
-    lr_teacher: float = 0.1               # initial value of the learnable student lrs
-    learn_lr: bool = True
-    lr_param: str = "linear"              # linear | log (always positive)
-    lr_grad: Optional[str] = None         # mode: exact (d of the matching loss) | branch (each lr from its
-                                          # own branch's ratio even with merge_branches: reference)
-    clamp_lr: Optional[bool] = None       # mode: clamp linear lrs at min_lr (reference: never)
-    min_lr: float = 1e-4
-    lr_img: float = 1000.0                # lr of the synthetic images
-    lr_txt: float = 1.0                   # lr of the synthetic text embeddings
-    lr_lr: float = 1e-5                   # lr of the learnable student lrs
-    lr_sim: float = 0.1                   # lr of the similarity parameters
-    momentum_syn: float = 0.5
-    momentum_lr: float = 0.5
-    momentum_sim: float = 0.5
-    merge_branches: bool = False          # one matching ratio over both branches
-    ema_decay: float = 0.0                # >0: keep an EMA of the set and export it
-    checkpoint_every: int = 100
-    eval_every: int = 0                   # >0: probe the set at iteration 0 (its start) and every k
-                                          # iterations: one student, eval_epochs epochs, scored on val
-    eval_epochs: int = 20                 # epochs of that probe student (lr x0.1 at half)
-    max_bad_steps: Optional[int] = None   # mode: consecutive non-finite iterations before the run stops
-    max_lr: Optional[float] = None        # a learned-lr update above this is refused (null: only non-finite ones)
-    resume: bool = False
+    n_pairs: int = doc(100, "N: synthetic image-text pairs in the distilled set")
+    iterations: int = doc(300, "distillation iterations (one trajectory-matching update of the set each)")
+    syn_steps: int = doc(8, "T: student steps on the synthetic set per iteration")
+    expert_epochs: int = doc(1, "M: target snapshot is start + M")
+    min_start_epoch: int = doc(0, "lowest expert epoch a matching segment starts from")
+    max_start_epoch: int = doc(2, "start epoch drawn from [min_start_epoch, max_start_epoch)")
+    expert_order: Optional[str] = doc(None, "mode: random (an expert drawn per iteration) | cycle (each "
+                                            "expert once per shuffled pass, reference)")
+    mini_batch: int = doc(20, "synthetic pairs per student step")
+    batch_draw: str = doc("walk", "walk: consecutive chunks of a permutation (LoRS) | fresh: a new "
+                                  "permutation's first mini_batch every step (VL-distill)")
+    matching: str = doc("tesla", "tesla (constant memory, stop-gradient on the student) | unroll")
+    logit_scale: Optional[float] = doc(None, "inner-loop logit scale; null: 1 / model.temperature")
+    blend_alpha: float = doc(0.0, "RepBlend: >0 blends representations in each student step, lam ~ "
+                                  "Beta(alpha, alpha) (experts and evaluation never blend)")
+    sim_kind: str = doc("lowrank", "a registered similarity: lowrank | full | identity")
+    rank: int = doc(10, "r: rank of the lowrank similarity's L R^T term (LoRS)")
+    alpha: float = doc(3.0, "the lowrank similarity's L R^T term is scaled by alpha / r")
+    loss: str = doc("infonce", "a registered loss: infonce | ence | bce | wbce | kl | mse | cwcl")
+    loss_eps: Optional[float] = doc(None, "mode: eps of log(p + eps) in WBCE (reference 1e-6; 0: exact)")
+    init: str = doc("real", "real: random real pairs | noise (images and texts) | herding | kcenter: "
+                            "the coreset of eval.coreset_space (distilling from the best selection "
+                            "measures what distilling adds to it)")
+    init_draw: Optional[str] = doc(None, "mode: images (distinct images, a caption each) | captions "
+                                         "(distinct caption entries, images may repeat: reference)")
+    init_augment: Optional[bool] = doc(None, "mode: start from an augmented view (reference: when "
+                                             "augmenting)")
+    lr_teacher: float = doc(0.1, "initial value of the learnable student lrs")
+    learn_lr: bool = doc(True, "learn the student lrs (image and text) with the set (false: they stay "
+                               "lr_teacher)")
+    lr_param: str = doc("linear", "linear | log (always positive)")
+    lr_grad: Optional[str] = doc(None, "mode: exact (d of the matching loss) | branch (each lr from its "
+                                       "own branch's ratio even with merge_branches: reference)")
+    clamp_lr: Optional[bool] = doc(None, "mode: clamp linear lrs at min_lr (reference: never)")
+    min_lr: float = doc(1e-4, "with clamp_lr: a linear learned lr is clamped at this")
+    lr_img: float = doc(1000.0, "lr of the synthetic images")
+    lr_txt: float = doc(1.0, "lr of the synthetic text embeddings")
+    lr_lr: float = doc(1e-5, "lr of the learnable student lrs")
+    lr_sim: float = doc(0.1, "lr of the similarity parameters")
+    momentum_syn: float = doc(0.5, "SGD momentum of the synthetic images and text embeddings")
+    momentum_lr: float = doc(0.5, "SGD momentum of the learnable student lrs")
+    momentum_sim: float = doc(0.5, "SGD momentum of the similarity parameters")
+    merge_branches: bool = doc(False, "one matching ratio over both branches")
+    ema_decay: float = doc(0.0, ">0: keep an EMA of the set and export it")
+    checkpoint_every: int = doc(100, "write a checkpoint every k iterations (also the window over which "
+                                     "the best set so far is chosen)")
+    eval_every: int = doc(0, ">0: probe the set at iteration 0 (its start) and every k iterations: one "
+                             "student, eval_epochs epochs, scored on val (the distillation curve)")
+    eval_epochs: int = doc(20, "epochs of that probe student (lr x0.1 at half)")
+    max_bad_steps: Optional[int] = doc(None, "mode: consecutive non-finite iterations before the run "
+                                             "stops")
+    max_lr: Optional[float] = doc(None, "a learned-lr update above this is refused (null: only non-finite "
+                                        "ones)")
+    resume: bool = doc(False, "continue from this run's distill checkpoint and keep already distilled "
+                              "sets (`vldistill run RUN_DIR` sets it); false starts over")
 
     def __post_init__(self) -> None:
         _positive(self, "n_pairs", "iterations", "syn_steps", "expert_epochs", "mini_batch",
                   "rank", "checkpoint_every", "max_bad_steps", "lr_teacher", "min_lr", "logit_scale", "eval_epochs")
         _non_negative(self, "lr_img", "lr_txt", "lr_lr", "lr_sim", "momentum_syn", "momentum_lr",
                       "momentum_sim", "min_start_epoch", "loss_eps", "eval_every", "blend_alpha")
-        _registered(self, "sim_kind", "similarity")
-        _registered(self, "loss", "loss")
-        _registered(self, "matching", "matching")
         _choice(self, "init", INITS)
         _choice(self, "init_draw", ("images", "captions"))
         _choice(self, "lr_param", ("linear", "log"))
@@ -200,19 +226,6 @@ class DistillConfig:
         return self.max_start_epoch - 1 + self.expert_epochs
 
 
-RENAMED_METHODS = {"baseline": "lors-identity"}     # old name -> new name, refused with a hint
-
-
-def _check_methods(methods: list[str], key: str) -> None:
-    known = _registry("method")
-    for m in methods:
-        if m in RENAMED_METHODS:
-            raise ConfigError(f"{key}: the method {m!r} is now called {RENAMED_METHODS[m]!r} (LoRS's "
-                              "pipeline with S = I); VL-distill's own algorithm is 'vl-distill'")
-        if m not in known:
-            raise ConfigError(f"{key}: unknown method {m!r}; known: {', '.join(known.names())}")
-
-
 @dataclass
 class EvalTowerConfig:
     """One more image tower to evaluate every set on (cross-architecture transfer).
@@ -220,27 +233,27 @@ class EvalTowerConfig:
     Each tower needs its own recipe (a pretrained ResNet does not train with a ConvNet's lr);
     a field left null takes the value of the same `eval.*` key.
     """
-    image_tower: Optional[str] = None     # registry name; null: this entry's key (eval.towers.KEY)
-    pretrained_path: Optional[str] = None # this tower's local weights or imagenet (model.pretrained_path is the distilled-on tower's)
-    lr: Optional[float] = None            # student lr on a set
-    full_lr: Optional[float] = None       # lr of the `full` upper bound on this tower
-    epochs: Optional[int] = None
-    full_epochs: Optional[int] = None
-    batch_size: Optional[int] = None
-    augment: Optional[str] = None
-    frozen_backbone: Optional[bool] = None  # false: students fine-tune the whole tower, no image head (LoRS's
-                                          # protocol for a RepBlend set); null: model.frozen_backbone
-    methods: Optional[list[str]] = None   # null: eval.methods
+    image_tower: Optional[str] = doc(None, "a registered image tower; null: this entry's key "
+                                           "(eval.towers.KEY)")
+    pretrained_path: Optional[str] = doc(None, "this tower's local weights or imagenet "
+                                               "(model.pretrained_path is the distilled-on tower's)")
+    lr: Optional[float] = doc(None, "student lr on a set (null: eval.lr)")
+    full_lr: Optional[float] = doc(None, "lr of the `full` upper bound on this tower (null: eval.full_lr)")
+    epochs: Optional[int] = doc(None, "student training epochs on a set (null: eval.epochs; the lr drop "
+                                      "keeps its place in the schedule)")
+    full_epochs: Optional[int] = doc(None, "epochs of the `full` upper bound on this tower (null: "
+                                           "eval.full_epochs)")
+    batch_size: Optional[int] = doc(None, "student mini-batch on a set (null: eval.batch_size)")
+    augment: Optional[str] = doc(None, "augmentation of the set's images (null: eval.augment)")
+    frozen_backbone: Optional[bool] = doc(None, "false: students fine-tune the whole tower, no image head "
+                                                "(LoRS's protocol for a RepBlend set); null: "
+                                                "model.frozen_backbone")
+    methods: Optional[list[str]] = doc(None, "methods evaluated on this tower (null: eval.methods)")
 
     def __post_init__(self) -> None:
         for name in ("lr", "full_lr", "epochs", "full_epochs", "batch_size"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ConfigError(f"eval.towers.*.{name} must be > 0 (or null to take eval.{name})")
-        if self.image_tower is not None:
-            _registered(self, "image_tower", "image tower")
-        if self.augment is not None:
-            _registered(self, "augment", "augmentation")
-        _check_methods(self.methods or [], "eval.towers.*.methods")
 
 
 SELECTIONS = ("val", "test", "final")
@@ -248,38 +261,44 @@ SELECTIONS = ("val", "test", "final")
 
 @dataclass
 class EvalConfig:
-    num_eval: int = 3                     # seeds (fresh students) per method
-    epochs: Optional[int] = None          # mode: training epochs on the set (reference 101, ours 100)
-    lr_drop_epoch: Optional[int] = None   # mode: lr x0.1 after this many epochs (reference 51, ours epochs/2)
-    full_epochs: int = 3                  # epochs for the `full` (all training data) upper bound
-    batch_size: int = 100                 # mini-batch on the set (>= n_pairs: full batch)
-    batch_sampler: Optional[str] = None   # mode: partition (each pair once an epoch) | shuffle_head
-                                          # (ceil(N/b) batches, each the first b of a fresh shuffle: reference)
-    lr_policy: Optional[str] = None       # fixed: eval.lr (null: buffer.lr_teacher) for every set | authors:
-                                          # distilled sets with their learned lrs, real-pair sets with
-                                          # buffer.lr_teacher (the papers' protocol) | tuned: each set picks
-                                          # its lr on val from eval.lr_grid; null: fixed if eval.lr is given,
-                                          # else authors
-    lr: Optional[float] = None            # the fixed lr of every set (lr_policy fixed)
-    lr_grid: list[float] = field(default_factory=lambda: [0.01, 0.03, 0.1, 0.3])  # lr_policy tuned: the
-                                          # candidates, the same for every method (chosen on val, one student)
-    shared_lr: bool = False               # the image lr for both towers (VL-distill's evaluation)
-    full_lr: Optional[float] = None       # lr of the `full` upper bound; None: buffer.lr_teacher
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    augment: str = "none"                 # augmentation of the set's images in training: none | flip | flip_crop
-    val_every: int = 10                   # score every k epochs (epoch selection)
-    first_scored_epoch: Optional[int] = None  # mode: first epoch scored (reference 1: epochs 1, 11, ...; ours val_every)
-    selection: Optional[str] = None       # mode: val | test (best on TEST, LoRS; labelled so) | final
-    std: Optional[str] = None             # mode: sample (n - 1) | population (n, reference) std over seeds
-    methods: list[str] = field(default_factory=lambda: ["lors", "lors-identity", "random", "full"])  # registered methods
-    coreset_space: str = "image"          # herding / kcenter features: image | text | joint
-    coreset_expert: Optional[int] = None  # expert whose last stored snapshot embeds the data; None: the first
-    towers: dict[str, EvalTowerConfig] = field(default_factory=dict)  # more towers (cross-architecture)
+    num_eval: int = doc(3, "seeds (fresh students) per method")
+    epochs: Optional[int] = doc(None, "mode: training epochs on the set (reference 101, ours 100)")
+    lr_drop_epoch: Optional[int] = doc(None, "mode: lr x0.1 after this many epochs (reference 51, ours "
+                                             "epochs/2)")
+    full_epochs: int = doc(3, "epochs for the `full` (all training data) upper bound")
+    batch_size: int = doc(100, "mini-batch on the set (>= n_pairs: full batch)")
+    batch_sampler: Optional[str] = doc(None, "mode: partition (each pair once an epoch) | shuffle_head "
+                                             "(ceil(N/b) batches, each the first b of a fresh shuffle: "
+                                             "reference)")
+    lr_policy: Optional[str] = doc(None, "fixed: eval.lr (null: buffer.lr_teacher) for every set | authors: "
+                                         "distilled sets with their learned lrs, real-pair sets with "
+                                         "buffer.lr_teacher (the papers' protocol) | tuned: each set picks its "
+                                         "lr on val from eval.lr_grid; null: fixed if eval.lr is given, else "
+                                         "authors")
+    lr: Optional[float] = doc(None, "the student lr of every set under lr_policy fixed")
+    lr_grid: list[float] = doc([0.01, 0.03, 0.1, 0.3], "lr_policy tuned: the candidate lrs, the same for "
+                                                       "every method (chosen on val, one student)")
+    shared_lr: bool = doc(False, "the image lr for both towers (VL-distill's evaluation)")
+    full_lr: Optional[float] = doc(None, "lr of the `full` upper bound; null: buffer.lr_teacher")
+    momentum: float = doc(0.9, "student SGD momentum")
+    weight_decay: float = doc(5e-4, "student SGD weight decay")
+    augment: str = doc("none", "augmentation of the set's images in training: none | flip | flip_crop")
+    val_every: int = doc(10, "score every k epochs (epoch selection)")
+    first_scored_epoch: Optional[int] = doc(None, "mode: first epoch scored (reference 1: epochs 1, 11, "
+                                                  "...; ours val_every)")
+    selection: Optional[str] = doc(None, "mode: val | test (best on TEST, LoRS; labelled so) | final")
+    std: Optional[str] = doc(None, "mode: sample (n - 1) | population (n, reference) std over seeds")
+    methods: list[str] = doc(["lors", "lors-identity", "random", "full"], "registered methods to evaluate, each a row of results.json")
+    coreset_space: str = doc("image", "herding / kcenter features: image | text | joint")
+    coreset_expert: Optional[int] = doc(None, "herding / kcenter: expert whose last stored snapshot embeds "
+                                              "the data; null: the first")
+    towers: dict[str, EvalTowerConfig] = doc(dict, "more image towers every set is evaluated on "
+                                             "(cross-architecture), by results key")
 
     def __post_init__(self) -> None:
-        _positive(self, "num_eval", "epochs", "lr_drop_epoch", "full_epochs", "batch_size",
-                  "val_every", "first_scored_epoch")
+        _positive(self, "num_eval", "epochs", "full_epochs", "batch_size", "val_every",
+                  "first_scored_epoch")
+        _non_negative(self, "lr_drop_epoch")     # 0: the low lr from the start (epochs / 2 of 1)
         _choice(self, "selection", SELECTIONS)
         _choice(self, "lr_policy", LR_POLICIES)
         if self.lr_policy == "authors" and self.lr is not None:
@@ -290,8 +309,6 @@ class EvalConfig:
         _choice(self, "std", ("sample", "population"))
         _choice(self, "batch_sampler", ("partition", "shuffle_head"))
         _choice(self, "coreset_space", ("image", "text", "joint"))
-        _registered(self, "augment", "augmentation")
-        _check_methods(self.methods, "eval.methods")
         if self.lr is not None and self.lr <= 0:
             raise ConfigError("eval.lr must be > 0 (or null to use the learned lrs)")
         if self.full_lr is not None and self.full_lr <= 0:
@@ -305,9 +322,9 @@ RANK_RULE = "distill.rank = min(distill.rank, n // 2); distill.mini_batch = min(
 class SweepConfig:
     """`vldistill sweep`: every method of eval.methods at each budget, over one set of experts."""
 
-    n_pairs: list[int] = field(default_factory=list)  # the budgets (pairs per set)
-    only: list[int] = field(default_factory=list)     # run these budgets only (a job array's share;
-                                          # a last `vldistill sweep` without it gathers sweep.json)
+    n_pairs: list[int] = doc([], "the budgets (pairs per set) `vldistill sweep` runs every method at")
+    only: list[int] = doc([], "run these budgets only (a job array's share; a last `vldistill sweep` "
+                              "without it gathers sweep.json)")
 
     def __post_init__(self) -> None:
         for key in ("n_pairs", "only"):
@@ -320,20 +337,23 @@ class SweepConfig:
 
 @dataclass
 class Config:
-    run_dir: str = "runs/default"         # where every stage of this run reads and writes
-    seed: int = 0                         # every seed of the run (experts, distill, eval) derives from it
-    fidelity: str = "vldistill"           # reference: the authors' scripts exactly | vldistill: ours (README)
-    device: str = "auto"                  # auto | cpu | cuda | cuda:N
-    threads: int = 0                      # torch.set_num_threads; 0 leaves torch's default
-    amp: str = "none"                     # none | bf16: autocast for experts and evaluation (not distill)
-    deterministic: bool = False           # deterministic GPU kernels (slower); CPU runs are deterministic anyway
-    cache_dir: Optional[str] = None       # text-embedding cache; default ~/.cache/vldistill
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    buffer: BufferConfig = field(default_factory=BufferConfig)
-    distill: DistillConfig = field(default_factory=DistillConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    sweep: SweepConfig = field(default_factory=SweepConfig)
+    run_dir: str = doc("runs/default", "where every stage of this run reads and writes")
+    seed: int = doc(0, "every seed of the run (experts, distill, eval) derives from it")
+    fidelity: str = doc("vldistill", "reference: the authors' scripts exactly | vldistill: ours (README)")
+    device: str = doc("auto", "auto | cpu | cuda | cuda:N")
+    threads: int = doc(0, "torch.set_num_threads; 0 leaves torch's default")
+    amp: str = doc("none", "none | bf16: autocast for experts and evaluation (not distill)")
+    deterministic: bool = doc(False, "deterministic GPU kernels (slower); CPU runs are deterministic "
+                                     "anyway")
+    cache_dir: Optional[str] = doc(None, "text-embedding cache; default ~/.cache/vldistill")
+    data: DataConfig = doc(DataConfig, "the datasets: which one, where its files are, image size, caching")
+    model: ModelConfig = doc(ModelConfig, "the student: image tower, frozen text tower, projection heads")
+    buffer: BufferConfig = doc(BufferConfig, "the buffer stage: expert training and the trajectory store")
+    distill: DistillConfig = doc(DistillConfig, "the distill stage: the synthetic set, trajectory "
+                                                "matching, its optimizers")
+    eval: EvalConfig = doc(EvalConfig, "the evaluation: students trained on each set, methods, extra "
+                                       "towers")
+    sweep: SweepConfig = doc(SweepConfig, "`vldistill sweep`: the budgets every method is evaluated at")
 
     def __post_init__(self) -> None:
         if self.seed < 0:
@@ -344,8 +364,8 @@ class Config:
         _choice(self, "amp", ("none", "bf16"))
         if self.threads < 0:
             raise ConfigError(f"threads must be >= 0 (0: torch's default), got {self.threads}")
-        from .fidelity import resolve
-        resolve(self)
+        # mode keys are still null here until the loaders resolve them (fidelity.resolve builds
+        # a new Config, so these checks run again on the resolved values)
         last = self.distill.last_epoch_used
         if last > self.buffer.epochs:
             raise ConfigError(
@@ -377,39 +397,6 @@ def _choice(obj: Any, name: str, options: tuple[str, ...]) -> None:
         raise ConfigError(f"{_section(obj)}{name} must be one of {', '.join(options)}; got {value!r}")
 
 
-def _registry(kind: str):
-    """The registry behind a kind of name (imported here, lazily: the registries import torch)."""
-    if kind == "dataset":
-        from .data import DATASETS as registry
-    elif kind == "image tower":
-        from .models import IMAGE_TOWERS as registry
-    elif kind == "text tower":
-        from .models import TEXT_TOWERS as registry
-    elif kind == "similarity":
-        from .similarity import SIMILARITIES as registry
-    elif kind == "loss":
-        from .losses import LOSSES as registry
-    elif kind == "augmentation":
-        from .augment import AUGMENTATIONS as registry
-    elif kind == "method":
-        from .methods import METHODS as registry
-    elif kind == "matching":
-        from .matching import MATCHERS as registry
-    else:
-        raise KeyError(kind)
-    return registry
-
-
-def _registered(obj: Any, name: str, kind: str) -> None:
-    """The field names a registered `kind` (for towers: its `PREFIX` in `PREFIX:ARG`)."""
-    value = getattr(obj, name)
-    registry = _registry(kind)
-    key = value.partition(":")[0] if kind in ("image tower", "text tower") else value
-    if key not in registry:
-        raise ConfigError(f"{_section(obj)}{name}: unknown {kind} {value!r}; known: "
-                          f"{', '.join(registry.names())}")
-
-
 _SECTIONS = {"DataConfig": "data.", "ModelConfig": "model.", "BufferConfig": "buffer.",
              "DistillConfig": "distill.", "EvalConfig": "eval.", "EvalTowerConfig": "eval.towers.*.",
              "SweepConfig": "sweep."}
@@ -419,9 +406,30 @@ def _section(obj: Any) -> str:
     return _SECTIONS.get(type(obj).__name__, "")
 
 
-# loading lives in configio (it needs Config defined first); re-exported for `from .config import`
-from .configio import config_from_dict, load_config, to_yaml, with_overrides  # noqa: E402
+def section_class(f: Field) -> type | None:
+    """The dataclass a field holds (a section of `Config`, or each entry of `eval.towers`)."""
+    if f.name == "towers":
+        return EvalTowerConfig
+    factory = f.default_factory
+    return factory if isinstance(factory, type) and is_dataclass(factory) else None
+
+
+def key_help(key: str) -> str:
+    """The help of a dotted key (`distill.rank`, `eval.towers.NAME.lr`); "" if there is none."""
+    cls: type | None = Config
+    parts = key.split(".")
+    while cls is not None and parts:
+        found = {f.name: f for f in fields(cls)}.get(parts.pop(0))
+        if found is None:
+            return ""
+        if not parts:
+            return found.metadata.get("help", "")
+        cls = section_class(found)
+        if cls is EvalTowerConfig:
+            parts = parts[1:]           # eval.towers.NAME.field: NAME is the entry's own key
+    return ""
+
 
 __all__ = ["BATCHNORM_MODES", "Config", "ConfigError", "DataConfig", "DistillConfig", "EvalConfig",
-           "EvalTowerConfig", "FIDELITY_MODES", "INITS", "LR_POLICIES", "RANK_RULE", "SweepConfig", "ModelConfig", "BufferConfig", "SELECTIONS",
-           "config_from_dict", "load_config", "to_yaml", "with_overrides"]
+           "EvalTowerConfig", "FIDELITY_MODES", "INITS", "LR_POLICIES", "RANK_RULE", "SweepConfig",
+           "ModelConfig", "BufferConfig", "SELECTIONS", "doc", "key_help", "section_class"]

@@ -1,62 +1,39 @@
-"""The resolved config as YAML with each key's meaning (`vldistill config`).
-
-The meanings are the comments beside the fields in `vldistill/config.py` (read from its
-source, so the help can never drift from the code); comment lines between fields are kept
-where they stand.
+"""Each config key's meaning, read from the schema's field metadata (`config.doc`): the
+resolved config as annotated YAML (`vldistill config`) and the reference page docs/config.md
+(`python -m vldistill.config_help docs/config.md` regenerates it; a test keeps it current).
 """
 from __future__ import annotations
 
 import dataclasses
-import inspect
-import re
-from functools import lru_cache
+import sys
+from typing import Any
 
 from omegaconf import OmegaConf
 
-from . import config as config_module
+from .config import Config, section_class
+from .fidelity import DIFFERENCES
 
-_FIELD = re.compile(r"^    (\w+): [^#]*?(?:#\s?(.*))?$")
-_COMMENT = re.compile(r"^    \s*#\s?(.*)$")
-
-
-@lru_cache(maxsize=None)
-def field_comments(cls: type) -> dict[str, tuple[list[str], str]]:
-    """{field: (comment lines above it, its trailing comment)} from the dataclass's source."""
-    out: dict[str, tuple[list[str], str]] = {}
-    above: list[str] = []
-    last: str | None = None
-    for line in inspect.getsource(cls).splitlines():
-        if line.startswith("    def "):
-            break
-        field = _FIELD.match(line)
-        comment = _COMMENT.match(line)
-        if field and not line.lstrip().startswith("#"):
-            last = field.group(1)
-            out[last] = (above, field.group(2) or "")
-            above = []
-        elif comment and line.startswith("     ") and last is not None:
-            # a comment indented under a field continues that field's comment
-            before, text = out[last]
-            out[last] = (before, f"{text} {comment.group(1)}".strip())
-        elif comment:
-            above = above + [comment.group(1)]
-    return out
+REFERENCE_PATH = "docs/config.md"
+REGENERATE = f"python -m vldistill.config_help {REFERENCE_PATH}"
 
 
-def _scalar(value) -> str:
+def field_help(cls: type) -> dict[str, str]:
+    """{field: its help} of a config dataclass."""
+    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
+
+
+def _scalar(value: Any) -> str:
     """One YAML value on one line (lists in flow style)."""
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_scalar(v) for v in value) + "]"
     return OmegaConf.to_yaml({"v": value}).strip()[3:]
 
 
-def _lines(obj, indent: str) -> list[str]:
-    comments = field_comments(type(obj))
+def _lines(obj: Any, indent: str) -> list[str]:
     out = []
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
-        above, note = comments.get(f.name, ([], ""))
-        out += [f"{indent}# {line}" for line in above]
+        note = f.metadata.get("help", "")
         suffix = f"  # {note}" if note else ""
         if dataclasses.is_dataclass(value):
             out.append(f"{indent}{f.name}:{suffix}")
@@ -71,9 +48,68 @@ def _lines(obj, indent: str) -> list[str]:
     return out
 
 
-def annotated_yaml(cfg: config_module.Config) -> str:
-    """`cfg` as YAML that `load_config` reads back, each key with its comment."""
+def annotated_yaml(cfg: Config) -> str:
+    """`cfg` as YAML that `load_config` reads back, each key with its meaning."""
     return "\n".join(_lines(cfg, "")) + "\n"
 
 
-__all__ = ["annotated_yaml", "field_comments"]
+def _default(f: dataclasses.Field, key: str) -> str:
+    modes = {d.key: d.shown for d in DIFFERENCES}
+    if key in modes:
+        return f"mode: reference `{modes[key][0]}`, vldistill `{modes[key][1]}`"
+    if f.default_factory is not dataclasses.MISSING:
+        value = f.default_factory()
+        return "{}" if isinstance(value, dict) else f"`{_scalar(value)}`"
+    return f"`{_scalar(f.default)}`"
+
+
+def _table(cls: type, prefix: str) -> list[str]:
+    rows = ["| key | default | meaning |", "|---|---|---|"]
+    for f in dataclasses.fields(cls):
+        if section_class(f) is not None and f.name != "towers":
+            continue
+        key = prefix + f.name
+        meaning = f.metadata.get("help", "").replace("|", "\\|")
+        rows.append(f"| `{key}` | {_default(f, key)} | {meaning} |")
+    return rows
+
+
+def reference_markdown() -> str:
+    """docs/config.md: every key, its default and its meaning, one table per section."""
+    out = ["# Config reference", "",
+           f"Generated from the field metadata in `vldistill/config.py` by `{REGENERATE}`;",
+           "do not edit by hand. A default marked *mode* is filled from the run's `fidelity`",
+           "(`vldistill/fidelity.py`); `vldistill config CONFIG` prints a resolved config with",
+           "these meanings.", "", "## Top level", ""]
+    out += _table(Config, "")
+    for f in dataclasses.fields(Config):
+        cls = section_class(f)
+        if cls is None:
+            continue
+        out += ["", f"## {f.name}", "", f"{f.metadata.get('help', '').capitalize()}.", ""]
+        out += _table(cls, f"{f.name}.")
+        for sub in dataclasses.fields(cls):
+            if section_class(sub) is not None:
+                prefix = f"{f.name}.{sub.name}.NAME."
+                doc = (section_class(sub).__doc__ or "").split("\n\n")[0]
+                out += ["", f"### {prefix[:-1]}", "", " ".join(doc.split()), ""]
+                out += _table(section_class(sub), prefix)
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write the reference page to the given path (or print it)."""
+    argv = sys.argv[1:] if argv is None else argv
+    text = reference_markdown()
+    if argv:
+        with open(argv[0], "w", encoding="utf-8") as out:
+            out.write(text)
+    else:
+        print(text, end="")
+    return 0
+
+
+__all__ = ["REGENERATE", "annotated_yaml", "field_help", "main", "reference_markdown"]
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -82,8 +82,9 @@ class Distiller:
         d = cfg.distill
         self.cfg, self.d, self.store, self.device, self.method = cfg, d, store, device, method
         self.sim_kind = d.sim_kind
-        self.manifest = store.check(store_manifest(cfg, data, build_student(
-            cfg.model, data.dataset.image_size, data.text_dim, seed=0)))
+        # seeded from a forked generator: built once, it describes the store and is the student
+        student = build_student(cfg.model, data.dataset.image_size, data.text_dim, seed=0)
+        self.manifest = store.check(store_manifest(cfg, data, student))
         warn_if_other_recipe(self.manifest, cfg, store.dir)
         stored = self.manifest.get("epochs", [])
         if d.last_epoch_used not in stored:
@@ -109,9 +110,7 @@ class Distiller:
         if d.learn_lr:
             groups.append({"params": [self.lr_raw], "lr": d.lr_lr, "momentum": d.momentum_lr})
         self.optimizer = torch.optim.SGD(groups, lr=d.lr_img)
-        self.student = FunctionalStudent(build_student(cfg.model, data.dataset.image_size,
-                                                       data.text_dim, seed=0).to(device), d.logit_scale,
-                                         d.blend_alpha)
+        self.student = FunctionalStudent(student.to(device), d.logit_scale, d.blend_alpha)
         self.options = MatchOptions(d.loss, d.loss_eps, d.merge_branches, d.lr_grad)
         self.ema = [t.detach().clone() for t in self._exported()] if d.ema_decay > 0 else None
         self.iteration, self.bad_in_a_row, self.skipped = 0, 0, 0

@@ -72,8 +72,12 @@ def environment(device: torch.device) -> dict:
             "command": sys.argv}
 
 
+RUN_LOG = "vldistill.run_log"        # the name of the file handler `log_to` adds
+
+
 def log_to(path: Path) -> None:
-    """Log INFO and up to the console (once) and to `path` (replacing an earlier log file)."""
+    """Log INFO and up to the console (once) and to `path`, replacing the log file an earlier
+    call added; other handlers (an embedding program's own log files) are left alone."""
     root = logging.getLogger()
     root.setLevel(logging.INFO)
     # faiss logs each SIMD build it tries and fails to import at INFO, which reads like an error
@@ -85,9 +89,10 @@ def log_to(path: Path) -> None:
         console = logging.StreamHandler()
         console.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
         root.addHandler(console)
-    for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
+    for handler in [h for h in root.handlers if h.get_name() == RUN_LOG]:
         root.removeHandler(handler)
         handler.close()
     handler = logging.FileHandler(path)
+    handler.set_name(RUN_LOG)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)

@@ -50,7 +50,7 @@ class SeedResult:
     selection_score: float = float("nan")   # r_mean on the selection split at that epoch
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class EvalTower:
     """One evaluation tower and its recipe, every field resolved (see `eval_towers`)."""
 
@@ -105,10 +105,11 @@ def eval_towers(cfg: Config) -> list[EvalTower]:
     e = cfg.eval
     full_lr = e.full_lr if e.full_lr is not None else cfg.buffer.lr_teacher
     policy, lr = lr_policy_of(cfg)
-    towers = [EvalTower(cfg.model.image_tower, cfg.model.image_tower, cfg.model.pretrained_path,
-                        lr, full_lr, e.epochs, e.lr_drop_epoch, e.full_epochs, e.batch_size,
-                        e.augment, tuple(e.methods), distilled_on=True,
-                        frozen_backbone=cfg.model.frozen_backbone, lr_policy=policy)]
+    towers = [EvalTower(label=cfg.model.image_tower, image_tower=cfg.model.image_tower,
+                        pretrained_path=cfg.model.pretrained_path, lr=lr, full_lr=full_lr,
+                        epochs=e.epochs, lr_drop_epoch=e.lr_drop_epoch, full_epochs=e.full_epochs,
+                        batch_size=e.batch_size, augment=e.augment, methods=tuple(e.methods),
+                        distilled_on=True, frozen_backbone=cfg.model.frozen_backbone, lr_policy=policy)]
     for key, t in e.towers.items():
         if key == cfg.model.image_tower:
             raise UserError(f"eval.towers.{key}: that key is the distilled-on tower's results key; "
@@ -122,12 +123,13 @@ def eval_towers(cfg: Config) -> list[EvalTower]:
             return default if value is None else value
         epochs = pick(t.epochs, e.epochs)           # the lr drop keeps its place in the schedule
         tower_policy, tower_lr = lr_policy_of(cfg, t.lr)
-        towers.append(EvalTower(key, t.image_tower or key, t.pretrained_path, tower_lr,
-                                pick(t.full_lr, full_lr), epochs, round(epochs * e.lr_drop_epoch / e.epochs),
-                                pick(t.full_epochs, e.full_epochs), pick(t.batch_size, e.batch_size),
-                                pick(t.augment, e.augment), tuple(pick(t.methods, e.methods)),
-                                frozen_backbone=pick(t.frozen_backbone, cfg.model.frozen_backbone),
-                                lr_policy=tower_policy))
+        towers.append(EvalTower(
+            label=key, image_tower=t.image_tower or key, pretrained_path=t.pretrained_path,
+            lr=tower_lr, full_lr=pick(t.full_lr, full_lr), epochs=epochs,
+            lr_drop_epoch=round(epochs * e.lr_drop_epoch / e.epochs),
+            full_epochs=pick(t.full_epochs, e.full_epochs), batch_size=pick(t.batch_size, e.batch_size),
+            augment=pick(t.augment, e.augment), methods=tuple(pick(t.methods, e.methods)),
+            frozen_backbone=pick(t.frozen_backbone, cfg.model.frozen_backbone), lr_policy=tower_policy))
     return towers
 
 
@@ -226,8 +228,8 @@ def train_on_full(cfg: Config, data: PreparedData, seed: int, device: torch.devi
     selector = _EpochSelector(model, data, cfg.eval.selection, device)
     for epoch in range(1, tower.full_epochs + 1):
         train_epoch_on_pairs(model, optimizer, data.dataset.train, data.text["train"],
-                             cfg.buffer.batch_size, derive_seed(seed, "epoch", epoch), device, cfg.data.num_workers,
-                             mode=cfg.buffer.pairs_per_epoch)
+                             batch_size=cfg.buffer.batch_size, seed=derive_seed(seed, "epoch", epoch),
+                             device=device, num_workers=cfg.data.num_workers, mode=cfg.buffer.pairs_per_epoch)
         selector.observe(epoch)
     return selector.result()
 

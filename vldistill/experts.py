@@ -52,9 +52,11 @@ def train_expert(k: int, cfg: Config, data: PreparedData, device: torch.device,
     with tqdm(total=steps * cfg.buffer.epochs, desc=f"expert {k}", unit="step", leave=False) as bar:
         for epoch in range(1, cfg.buffer.epochs + 1):
             loss = train_epoch_on_pairs(model, optimizer, data.dataset.train, data.text["train"],
-                                        cfg.buffer.batch_size, derive_seed(cfg.seed, "expert-epoch", k, epoch),
-                                        device, cfg.data.num_workers, bar, cfg.buffer.pairs_per_epoch,
-                                        cfg.buffer.drop_last, text_features)
+                                        batch_size=cfg.buffer.batch_size,
+                                        seed=derive_seed(cfg.seed, "expert-epoch", k, epoch), device=device,
+                                        num_workers=cfg.data.num_workers, progress=bar,
+                                        mode=cfg.buffer.pairs_per_epoch, drop_last=cfg.buffer.drop_last,
+                                        text_features=text_features)
             val = retrieval_metrics(model, data.dataset.val, data.text["val"], device)
             history.append({"epoch": epoch, "loss": loss, **val})
             log.info("expert %d epoch %d: loss %.3f, val r_mean %.2f (IR@1 %.1f, TR@1 %.1f)",

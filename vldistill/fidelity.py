@@ -4,14 +4,15 @@
 and its evaluation; multimodal_dataset_distillation for VL-distill and RepBlend for RepBlend,
 whose own differences are their methods' settings, `vldistill.methods`, `vldistill.repblend`);
 `vldistill` is this project's choice.
-Each difference is a config key whose default is null: `resolve(cfg)` fills a null key from
-the run's mode, and a value the config gives explicitly always wins. config.yaml records the
-resolved values, so a run directory says exactly what ran. The README's table "vldistill and
+Each difference is a config key whose default is null: `resolve(cfg)` (called by the loaders,
+`vldistill.config_merge`) fills a null key from the run's mode, and a value the config gives
+explicitly always wins. config.yaml records the resolved values, so a run directory says
+exactly what ran. The README's table "vldistill and
 the reference" is `difference_table()` (a test keeps them equal).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
@@ -105,13 +106,16 @@ DIFFERENCES: tuple[Difference, ...] = (
 )
 
 
-def resolve(cfg: "Config") -> None:
-    """Fill every null mode-dependent key of `cfg` from `cfg.fidelity`, in table order."""
+def resolve(cfg: "Config") -> "Config":
+    """`cfg` with every null mode-dependent key filled from `cfg.fidelity`, in table order (a value
+    computed from another key sees it resolved). The result is a new config (`cfg` is left as it
+    is), so the sections' and the run's checks run again on the resolved values."""
     for difference in DIFFERENCES:
         section, name = difference.key.split(".")
         part = getattr(cfg, section)
         if getattr(part, name) is None:
-            setattr(part, name, difference.value(cfg))
+            cfg = replace(cfg, **{section: replace(part, **{name: difference.value(cfg)})})
+    return cfg
 
 
 def difference_table() -> str:

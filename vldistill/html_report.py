@@ -29,7 +29,7 @@ from .report import (LEGEND, SetInspection, inspect_set, method_rows, results_no
 from .synset import DistilledSet
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ReportInputs:
     """What the page is made from (all optional but the sets)."""
 

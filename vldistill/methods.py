@@ -27,7 +27,8 @@ from typing import Callable
 import torch
 
 from . import distributed
-from .config import Config, with_overrides
+from .config import Config
+from .config_merge import derive
 from .data import PreparedData
 from .errors import UserError
 from .evaluate import (SELECTION_LABELS, EvalTower, SeedResult, eval_towers, random_pairs,
@@ -96,7 +97,8 @@ def register_method(name: str, trains_on_set: bool = True) -> Callable[[SeedFn],
 
 def register_distilled(name: str) -> Callable[[ConfigFn], ConfigFn]:
     """Decorator: `fn(cfg) -> Config` makes NAME a distilled method whose set is distilled and
-    evaluated under `fn(cfg)` (e.g. `with_overrides(cfg, ["distill.sim_kind=identity"])`)."""
+    evaluated under `fn(cfg)` (e.g. `configio.with_overrides(cfg, ["distill.loss=kl"])`;
+    the built-in methods use `config_merge.derive`, which does not look names up)."""
     def wrap(fn: ConfigFn) -> ConfigFn:
         METHODS.add(name, Method(name, partial(_train_on_own_set, name), fn))
         return fn
@@ -130,7 +132,7 @@ def _lors(cfg: Config) -> Config:
 @register_distilled("lors-identity")
 def _lors_identity(cfg: Config) -> Config:
     """LoRS's pipeline with the similarity fixed to S = I (no similarity mining)."""
-    return with_overrides(cfg, ["distill.sim_kind=identity"])
+    return derive(cfg, ["distill.sim_kind=identity"])
 
 
 @register_distilled("vl-distill")
@@ -147,7 +149,7 @@ def _vl_distill(cfg: Config) -> Config:
                  "eval.batch_sampler=partition"]
     if cfg.fidelity == "reference":
         overrides += ["eval.selection=final", "eval.first_scored_epoch=51"]
-    return with_overrides(cfg, overrides)
+    return derive(cfg, overrides)
 
 
 @register_method("random")

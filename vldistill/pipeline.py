@@ -94,9 +94,9 @@ def stage_report(run: Run, data: PreparedData, sets: dict[str, DistilledSet]) ->
     Returns the results table."""
     results_path = run.dir / "results.json"
     results = read_json(results_path) if results_path.is_file() else None
-    inputs = ReportInputs(f"vldistill report: {run.dir}", sets, data.text["train"],
-                          data.dataset.train.captions, data.dataset.mean, data.dataset.std,
-                          results, read_metrics(run.metrics_path))
+    inputs = ReportInputs(title=f"vldistill report: {run.dir}", sets=sets, text_bank=data.text["train"],
+                          captions=data.dataset.train.captions, mean=data.dataset.mean,
+                          std=data.dataset.std, results=results, records=read_metrics(run.metrics_path))
     page, inspections = write_report(inputs, run.dir / "report")
     for method, inspection in inspections.items():
         if run.set_path(method).with_suffix(".json").is_file():

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import torch
 
-from .config import Config, with_overrides
+from .config import Config
+from .config_merge import derive
 from .data import PreparedData
 from .data.splits import CaptionDataset, CaptionSplit
 from .data.text_cache import default_cache_dir
@@ -48,12 +49,12 @@ def repblend(cfg: Config) -> Config:
     one), evaluated by training the two heads on the frozen features (scored every 20 epochs
     in reference fidelity, as its code does)."""
     alpha = cfg.distill.blend_alpha or ALPHA
-    return with_overrides(heads_only(cfg), [f"distill.blend_alpha={alpha}"])
+    return derive(heads_only(cfg), [f"distill.blend_alpha={alpha}"])
 
 
 def repblend_noblend(cfg: Config) -> Config:
     """RepBlend without blending: frozen backbone, head-only trajectories and evaluation."""
-    return with_overrides(heads_only(cfg), ["distill.blend_alpha=0"])
+    return derive(heads_only(cfg), ["distill.blend_alpha=0"])
 
 
 def heads_only(cfg: Config) -> Config:
@@ -62,7 +63,7 @@ def heads_only(cfg: Config) -> Config:
     overrides = ["model.frozen_backbone=true"]
     if cfg.fidelity == "reference":
         overrides.append(f"eval.val_every={EVAL_EVERY}")
-    out = with_overrides(cfg, overrides)
+    out = derive(cfg, overrides)
     if not cfg.model.frozen_backbone:
         store = Path(cfg.buffer.dir) if cfg.buffer.dir else Path(cfg.run_dir) / "buffer"
         out = replace(out, buffer=replace(out.buffer, dir=f"{store}-heads"))

@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 from . import distributed, runlock
-from .config import Config, to_yaml
+from .config import Config
+from .config_merge import to_yaml
 from .environment import environment, log_to, resolve_device, use_deterministic
 from .io import write_json, write_text
 from .trajectories import TrajectoryStore

@@ -77,7 +77,7 @@ def _scheduler_job() -> tuple[str | None, int | None]:
     return job, int(restarts) if restarts and restarts.isdigit() else None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Owner:
     """Who holds a lock."""
 
@@ -94,8 +94,9 @@ class Owner:
     def me(cls) -> "Owner":
         pid = os.getpid()
         job, restarts = _scheduler_job()
-        return cls(socket.gethostname(), pid, _process_start(pid), secrets.token_hex(8),
-                   " ".join(sys.argv)[:300], time.time(), job, restarts)
+        return cls(host=socket.gethostname(), pid=pid, start=_process_start(pid),
+                   token=secrets.token_hex(8), command=" ".join(sys.argv)[:300], since=time.time(),
+                   job=job, restarts=restarts)
 
     def same_process(self, other: "Owner") -> bool:
         return (self.host, self.pid, self.start) == (other.host, other.pid, other.start)
@@ -160,13 +161,13 @@ class RunLock:
 def _read_owner(path: Path) -> Owner | None:
     try:
         data = json.loads(path.read_text())
-        return Owner(data["host"], int(data["pid"]), data.get("start"), data["token"],
-                     data.get("command", ""), float(data.get("since", 0.0)), data.get("job"),
-                     data.get("restarts"))
+        return Owner(host=data["host"], pid=int(data["pid"]), start=data.get("start"),
+                     token=data["token"], command=data.get("command", ""),
+                     since=float(data.get("since", 0.0)), job=data.get("job"), restarts=data.get("restarts"))
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError):
-        return Owner("?", -1, None, UNREADABLE)
+        return Owner(host="?", pid=-1, start=None, token=UNREADABLE)
 
 
 def _try_create(path: Path, owner: Owner) -> bool:

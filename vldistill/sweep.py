@@ -18,7 +18,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from .config import RANK_RULE, Config, to_yaml, with_overrides
+from .config import RANK_RULE, Config
+from .config_merge import to_yaml
+from .configio import with_overrides
 from .errors import UserError
 from .figures import save_sweep_plot
 from .io import read_json, write_json, write_text
