@@ -97,7 +97,8 @@ def gather(cfg: Config, results: dict[str, dict]) -> dict:
         budgets[str(n)] = rows
     any_run = next(iter(results.values()))
     return {"format": SWEEP_FORMAT, "dataset": any_run["dataset"], "budgets": budgets,
-            "ceilings": any_run.get("ceilings", {}), "rule": RANK_RULE,
+            "ceilings": next((r["ceilings"] for r in results.values() if r.get("ceilings")), {}),
+            "rule": RANK_RULE,
             "methods": list(cfg.eval.methods), "eval": any_run.get("eval", {}),
             "units": {label: str(Path(cfg.run_dir) / (f"pairs_{label}" if label != "full" else "full"))
                       for label in results}}
