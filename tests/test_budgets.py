@@ -81,6 +81,24 @@ def test_tuned_policy_picks_the_grid_lr_with_the_best_val_score_and_uses_it_for_
     assert sorted(calls) == sorted([(lr, first) for lr in (0.01, 0.03, 0.1, 0.3)] + [(0.03, s) for s in others])
 
 
+def test_authors_rows_record_own_lrs_for_distilled_sets_and_lr_teacher_for_real_pairs(cache_dir):
+    def fake_seed(ctx, tower, seed):
+        metrics = dict.fromkeys(("img_r1", "img_r5", "img_r10", "txt_r1", "txt_r5", "txt_r10", "r_mean"), 1.0)
+        return SeedResult(metrics, metrics, 1, 1.0)
+
+    METHODS.add("fake-real", methods.Method("fake-real", fake_seed))
+    METHODS.add("fake-distilled", methods.Method("fake-distilled", fake_seed, configure=lambda cfg: cfg))
+    try:
+        cfg = _cfg(cache_dir, "buffer.lr_teacher=0.05", "eval.methods=[fake-real,fake-distilled]")
+        ctx = EvalContext(cfg, None, torch.device("cpu"), {})
+        rows = {name: evaluate_method(ctx, name, configured=True) for name in ("fake-real", "fake-distilled")}
+    finally:
+        METHODS.remove("fake-real")
+        METHODS.remove("fake-distilled")
+    assert [(r["lr_policy"], r["lr"], r["kind"]) for r in rows.values()] == [
+        ("authors", 0.05, "real pairs"), ("authors", "own", "distilled")]
+
+
 def test_tuned_policy_needs_val_selection_and_authors_refuses_a_fixed_lr(cache_dir):
     with pytest.raises(ConfigError, match="eval.lr_policy=authors .* drop eval.lr"):
         load_config(TINY, ["eval.lr_policy=authors", "eval.lr=0.1"])

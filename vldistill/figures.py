@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 
 
@@ -159,29 +160,40 @@ def save_training_curves(records: list[dict], path: str | Path) -> Path | None:
 
 
 def save_sweep_plot(sweep: dict, path: str | Path) -> Path:
-    """r_mean against pairs per set (log x), a line per method with its ± std band; `full`
-    dashed (it does not depend on the budget), the ceilings (oracle, chance) dotted."""
+    """Left: r_mean against pairs per set (log-log), a line per method with its ± std band --
+    distilled sets solid, real-pair sets dashed, `full` flat (it does not depend on the budget),
+    the ceilings (oracle, chance) dotted. Right: each set over the best real-pair set at the same
+    budget, so the answer (above 1 or not) reads at a glance."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, (ax, ratio_ax) = plt.subplots(1, 2, figsize=(11.5, 4.4))
     budgets = sorted(sweep["budgets"], key=int)
+    best_real = {n: max((row["r_mean"] for row in sweep["budgets"][n].values()
+                         if row.get("kind") == "real pairs"), default=None) for n in budgets}
     for method in sweep["methods"]:
-        points = [(int(n), sweep["budgets"][n][method]) for n in budgets if method in sweep["budgets"][n]]
+        points = [(n, sweep["budgets"][n][method]) for n in budgets if method in sweep["budgets"][n]]
         if not points:
             continue
-        xs = [n for n, _ in points]
-        mean = [row["r_mean"] for _, row in points]
-        std = [row["std"] for _, row in points]
-        style = "--" if method == "full" else "o-"
-        line, = ax.plot(xs, mean, style, label=method, lw=1.6 if style == "o-" else 1.0, ms=4)
-        ax.fill_between(xs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
-                        color=line.get_color(), alpha=0.15, lw=0)
+        kind = points[0][1].get("kind")
+        style = "-." if kind == "all data" else "s--" if kind == "real pairs" else "o-"
+        xs = [int(n) for n, _ in points]
+        mean = np.array([row["r_mean"] for _, row in points])
+        std = np.array([row["std"] for _, row in points])
+        line, = ax.plot(xs, mean, style, label=method, lw=1.0 if kind == "all data" else 1.6, ms=4)
+        ax.fill_between(xs, mean - std, mean + std, color=line.get_color(), alpha=0.15, lw=0)
+        if kind != "all data" and all(best_real[n] for n, _ in points):
+            ratio_ax.plot(xs, mean / np.array([best_real[n] for n, _ in points]), style,
+                          color=line.get_color(), label=method, lw=1.6, ms=4)
     for name, row in sweep.get("ceilings", {}).items():
         ax.axhline(row["r_mean"], ls=":", lw=1.0, color="black" if name == "oracle" else "grey",
                    label=f"{name} {row['r_mean']:.1f}")
-    ax.set(xscale="log", xlabel="pairs per set", ylabel="test r_mean",
+    ratio_ax.axhline(1.0, color="black", lw=0.8)
+    ax.set(xscale="log", yscale="log", xlabel="pairs per set", ylabel="test r_mean",
            title=f"{sweep['dataset']}: r_mean against budget (band: ± std over students)")
-    ax.set_xticks([int(n) for n in budgets], [str(n) for n in budgets])
-    ax.legend(fontsize=7, ncol=2)
+    ratio_ax.set(xscale="log", xlabel="pairs per set", ylabel="r_mean / best real-pair set",
+                 title="each set against the best real pairs at its budget")
+    for axis in (ax, ratio_ax):
+        axis.set_xticks([int(n) for n in budgets], [str(n) for n in budgets])
+        axis.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     return _save(fig, path)
 

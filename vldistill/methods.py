@@ -250,7 +250,8 @@ def evaluate_method(ctx: EvalContext, name: str, tower_label: str | None = None,
     elif tower.lr_policy == "tuned":
         tower, lr_record = _tuned(cfg, tower, partial(run_seed, seed=seeds[0]))
     else:
-        lr_record = {"lr_policy": tower.lr_policy, "lr": tower.lr if tower.lr is not None else "own"}
+        own = "own" if method.distilled else cfg.buffer.lr_teacher     # authors: real pairs get lr_teacher
+        lr_record = {"lr_policy": tower.lr_policy, "lr": tower.lr if tower.lr is not None else own}
     results = distributed.sharded_map(partial(run_seed, tower), seeds,      # torchrun: seeds shared out
                                       progress=f"eval {name} on {tower.label}")
     summary = summarize(results, cfg.eval.selection, seeds, cfg.eval.std, lr_record | {"kind": kind})
