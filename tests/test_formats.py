@@ -85,6 +85,15 @@ def test_column_names_are_options_and_a_wrong_one_is_one_line(tiny, tmp_path):
     assert pairs(ds.test)[1] == expected(tiny.splits["test"])[1]
 
 
+def test_shard_patterns_must_be_quoted_and_the_error_says_how():
+    from vldistill.config import ConfigError
+    with pytest.raises(ConfigError, match=r"""quote it, e.g. 'data.train_json="\{00000..00099\}.tar"'$"""):
+        load_config(None, ["data.name=webdataset", "data.train_json={00000..00099}.tar"])
+    assert load_config(None, ['data.train_json="{00000..00099}.tar"']).data.train_json == "{00000..00099}.tar"
+    with pytest.raises(ConfigError, match="data.csv_separator must be one character"):
+        load_config(None, ["data.csv_separator=ab"])
+
+
 # ---------------------------------------------------------------- shards
 def test_bad_shard_sample_is_one_line_naming_shard_and_key_or_is_skipped(tmp_path, caplog):
     items = [(f"{k}.jpg", encode(k, "JPEG"), [f"photo number {k}"]) for k in range(8)]

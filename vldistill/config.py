@@ -102,6 +102,9 @@ class DataConfig:
         _non_negative(self, "cache_max_gb", "val_fraction", "test_fraction")
         if self.val_fraction + self.test_fraction >= 1.0:
             raise ConfigError("data.val_fraction + data.test_fraction must be < 1 (the rest is train)")
+        if self.csv_separator is not None and len(self.csv_separator) != 1:
+            raise ConfigError(f"data.csv_separator must be one character, not {self.csv_separator!r} (a tab: "
+                              "leave it null)")
 
 
 @dataclass

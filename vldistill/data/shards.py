@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Sequence, TYPE_CHECKING
 
-import torch
+import numpy as np
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
@@ -139,7 +139,7 @@ class ShardImages:
 
     shards: list[str]
     shard_stamps: list[str]
-    where: torch.Tensor                 # (n, 3) int64: shard, offset, size
+    where: np.ndarray                   # (n, 3) int64: shard, offset, size
     members: list[str]                  # KEY.ext, for messages
     problems: list[str | None]          # what the pass found wrong with each
     _fds: dict = field(default_factory=dict, repr=False, compare=False)
@@ -154,7 +154,7 @@ class ShardImages:
         return f"{self.shards[int(self.where[i, 0])]}:{self.members[i]}"
 
     def open(self, i: int) -> BinaryIO:
-        shard, offset, size = self.where[i].tolist()
+        shard, offset, size = (int(v) for v in self.where[i])
         try:
             if shard not in self._fds:
                 if len(self._fds) >= 64:                             # bound the open files
@@ -175,7 +175,7 @@ class ShardImages:
 
     def select(self, positions: Sequence[int]) -> "ShardImages":
         idx = list(positions)
-        return ShardImages(self.shards, self.shard_stamps, self.where[torch.tensor(idx, dtype=torch.long)],
+        return ShardImages(self.shards, self.shard_stamps, self.where[np.asarray(idx, dtype=np.int64)],
                            [self.members[i] for i in idx], [self.problems[i] for i in idx])
 
 
@@ -227,7 +227,7 @@ def build_webdataset(data_cfg: "DataConfig", cache_dir: Path) -> CaptionDataset:
             problems.append(problem)
             captions.append(caps)
     index = ShardImages([str(p) for p in shards], [_stamp(p) for p in shards],
-                        torch.tensor(where, dtype=torch.long).reshape(-1, 3), members, problems)
+                        np.asarray(where, dtype=np.int64).reshape(-1, 3), members, problems)
     position = {name: i for i, name in enumerate(names)}
     if len(position) < len(names):
         raise UserError(f"webdataset: a sample key occurs twice in one shard under {root}")
