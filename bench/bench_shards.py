@@ -10,8 +10,9 @@ store every time, never held):
             frozen-backbone feature cache, coresets and evaluation do. Images/s.
   shuffled  the experts' mini-batches: `pair_batches` over a random permutation (batch 128) in
             N workers; shards are read by their index, one pread per image. Images/s.
-  peak RSS  the reading process's maximum resident set (ru_maxrss) and its largest worker's,
-            beside the RSS right after the imports.
+  RSS       the reading process's resident set right after the imports, after the build (the
+            index and captions) and after reading, its peak (ru_maxrss), and its largest worker's
+            peak.
 Memory should not grow with the number of shards (20 vs 200).
 
     python bench/bench_shards.py                              # 20,000 images, 2 workers
@@ -31,7 +32,15 @@ from pathlib import Path
 
 from _machine import describe, write_results
 
-MB = 1024          # ru_maxrss is in KiB on Linux
+MB = 1024          # ru_maxrss and VmRSS are in KiB on Linux
+
+
+def rss_mb() -> float:
+    """The resident set now (Linux /proc), in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / MB
+    return float("nan")
 
 
 def make_images(n: int, root: Path, per_shard: list[int]) -> None:
@@ -72,7 +81,7 @@ def measure(source: Path, workers: int, shuffled: int) -> dict:
     from vldistill.data import build_dataset
     from vldistill.data.splits import ordered_batches
     from vldistill.training import pair_batches
-    rss_after_imports = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / MB
+    rss_after_imports = rss_mb()
     name = ["data.name=folder", f"data.image_root={source}", "data.train_json=captions.csv"] \
         if (source / "captions.csv").is_file() else ["data.name=webdataset", f"data.image_root={source}"]
     cfg = load_config(None, [*name, "data.image_size=64", "data.cache_images=false", f"data.num_workers={workers}",
@@ -81,6 +90,7 @@ def measure(source: Path, workers: int, shuffled: int) -> dict:
         start = time.perf_counter()
         train = build_dataset(cfg.data, Path(cache)).train
         build_s = time.perf_counter() - start
+        rss_after_build = rss_mb()
         start, seen = time.perf_counter(), 0
         for batch in ordered_batches(train.images, 256):
             seen += len(batch)
@@ -94,6 +104,7 @@ def measure(source: Path, workers: int, shuffled: int) -> dict:
         shuffled_rate = seen / (time.perf_counter() - start)
     return {"images": train.n_images, "build_s": build_s, "in_order_per_s": in_order,
             "shuffled_per_s": shuffled_rate, "rss_after_imports_mb": rss_after_imports,
+            "rss_after_build_mb": rss_after_build, "rss_after_reading_mb": rss_mb(),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / MB,
             "peak_worker_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / MB}
 
@@ -126,11 +137,11 @@ def main(argv: list[str] | None = None) -> dict:
             rows[label] = json.loads(out.stdout.strip().splitlines()[-1])
     print(f"{args.workers} workers; {args.shuffled} images in shuffled batches of 128; decoded every time")
     print(f"{'source':<14}{'train images':>13}{'build s':>9}{'in order/s':>12}{'shuffled/s':>12}"
-          f"{'RSS imports':>13}{'peak RSS':>10}{'worker peak':>13}")
+          f"  RSS MB: {'imports':>8}{'built':>7}{'read':>7}{'peak':>7}{'worker peak':>13}")
     for label, r in rows.items():
         print(f"{label:<14}{r['images']:>13}{r['build_s']:>9.1f}{r['in_order_per_s']:>12.0f}"
-              f"{r['shuffled_per_s']:>12.0f}{r['rss_after_imports_mb']:>11.0f}MB{r['peak_rss_mb']:>8.0f}MB"
-              f"{r['peak_worker_rss_mb']:>11.0f}MB")
+              f"{r['shuffled_per_s']:>12.0f}          {r['rss_after_imports_mb']:>8.0f}{r['rss_after_build_mb']:>7.0f}"
+              f"{r['rss_after_reading_mb']:>7.0f}{r['peak_rss_mb']:>7.0f}{r['peak_worker_rss_mb']:>13.0f}")
     write_results("shards", rows, settings={"images": args.images, "per_shard": per_shard,
                                             "workers": args.workers, "shuffled": args.shuffled})
     return rows

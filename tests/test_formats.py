@@ -85,6 +85,18 @@ def test_column_names_are_options_and_a_wrong_one_is_one_line(tiny, tmp_path):
     assert pairs(ds.test)[1] == expected(tiny.splits["test"])[1]
 
 
+def test_hugging_face_data_without_the_named_parts_is_one_line(tiny, tmp_path):
+    overrides = write_format("hf", tiny, tmp_path / "saved")
+    with pytest.raises(UserError, match=r"no column 'text' \(its columns: image, caption, sentids\): set "
+                                        r"data.image_key and data.caption_key$"):
+        build_dataset(data_cfg(*overrides, "data.caption_key=text"), tmp_path / "cache")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no metadata.jsonl or metadata.csv in data.image_root"):
+        build_dataset(data_cfg("data.name=imagefolder", f"data.image_root={tmp_path / 'empty'}"), tmp_path / "cache")
+    with pytest.raises(UserError, match="is neither a save_to_disk folder"):
+        build_dataset(data_cfg("data.name=hf", f"data.image_root={tmp_path / 'empty'}"), tmp_path / "cache")
+
+
 def test_shard_patterns_must_be_quoted_and_the_error_says_how():
     from vldistill.config import ConfigError
     with pytest.raises(ConfigError, match=r"""quote it, e.g. 'data.train_json="\{00000..00099\}.tar"'$"""):

@@ -79,18 +79,32 @@ class DatasetImages:
     def name(self, i: int) -> str:
         return f"{self.label}[{self.rows[i]}]"
 
-    def open(self, i: int) -> str | BinaryIO:
+    def _value(self, i: int) -> bytes | str | None:
+        """Row i's encoded image, or the path of its file."""
         value = self.table[self.rows[i]][self.column]
         if isinstance(value, dict):                     # an Image feature: bytes, or a path
             value = value.get("bytes") or value.get("path")
         if isinstance(value, (bytes, bytearray)):
-            return named_bytes(bytes(value), self.name(i))
+            return bytes(value)
         if isinstance(value, str) and value:
             return value if os.path.isabs(value) else os.path.join(self.base, value)
-        raise BadImageError(bad_image_message(self.name(i), "has no image in its row"))
+        return None
+
+    def open(self, i: int) -> str | BinaryIO:
+        value = self._value(i)
+        if value is None:
+            raise BadImageError(bad_image_message(self.name(i), "has no image in its row"))
+        return value if isinstance(value, str) else named_bytes(value, self.name(i))
 
     def stamp(self, i: int) -> str | None:
-        return self.files_stamp
+        value = self._value(i)
+        if not isinstance(value, str):
+            return self.files_stamp
+        try:                                            # a file the row points to: its own stamp
+            stat = os.stat(value)
+        except OSError:
+            return None
+        return f"{self.files_stamp}:{stat.st_size}:{stat.st_mtime_ns}"
 
     def check(self, i: int) -> str | None:
         try:

@@ -97,7 +97,8 @@ def hold_out(groups: list[ImageCaptions], fractions: dict[str, float],
     counts = {split: max(1, round(n * f)) for split, f in fractions.items()}
     if n - sum(counts.values()) < 1:
         raise UserError(f"{n} captioned images are too few to hold out {' and '.join(counts)} images: "
-                        "give the splits' files")
+                        "give those splits explicitly (data.val_json and data.test_json, or the dataset's "
+                        "own split)")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     parts, start = {}, 0
     for split, count in counts.items():
