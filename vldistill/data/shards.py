@@ -212,11 +212,11 @@ def split_shards(data_cfg: "DataConfig", root: Path) -> dict[str, list[Path] | N
 def build_webdataset(data_cfg: "DataConfig", cache_dir: Path) -> CaptionDataset:
     """Samples of tar shards: captions from the pass, images by the index."""
     root = image_root(data_cfg)
-    members = [e.strip().lower() for e in (data_cfg.image_key or IMAGE_MEMBERS).split(";") if e.strip()]
+    image_members = [e.strip().lower() for e in (data_cfg.image_key or IMAGE_MEMBERS).split(";") if e.strip()]
     caption_key = data_cfg.caption_key or CAPTION_MEMBER
     per_split = split_shards(data_cfg, root)
     shards = list(dict.fromkeys(p for paths in per_split.values() if paths for p in paths))
-    scanned = scan_shards(shards, members, caption_key, cache_dir, data_cfg.num_workers)
+    scanned = scan_shards(shards, image_members, caption_key, cache_dir, data_cfg.num_workers)
     where, names, members, problems, captions = [], [], [], [], []
     for s, (path, samples) in enumerate(zip(shards, scanned)):
         label = path.name if path.parent == root else str(path)
