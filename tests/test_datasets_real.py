@@ -10,6 +10,7 @@ import os
 
 import pytest
 import torch
+from fixtures_formats import FORMATS, make_tiny, write_format
 from fixtures_real import (KARPATHY, caption_pool, image_names, karpathy_overrides, make_tiny_bert,
                            truncate, write_image, write_karpathy)
 
@@ -233,6 +234,8 @@ def _dataset_example(name: str, tmp_path) -> list[str]:
         return ["data.name=folder", f"data.image_root={tmp_path}", "data.train_json=c.jsonl"]
     if name in ("shapes", "shapes-specific"):
         return [f"data.name={name}", "data.shapes_train=6", "data.shapes_val=2", "data.shapes_test=2"]
+    if name in FORMATS:                           # imagefolder, hf, openclip, webdataset: tests/test_formats.py
+        return write_format(name, make_tiny({"train": 4, "val": 2, "test": 2}), tmp_path / name)
     raise AssertionError(f"add a tiny example of the registered dataset {name!r} here")
 
 

@@ -41,15 +41,33 @@ FIDELITY_MODES = ("reference", "vldistill")
 
 @dataclass
 class DataConfig:
-    name: str = doc("shapes", "a registered dataset: shapes | shapes-specific | karpathy | coco | folder")
-    image_root: Optional[str] = doc(None, "folder the image paths in the annotations are relative to")
+    name: str = doc("shapes", "a registered dataset: shapes | shapes-specific | karpathy | coco | folder | "
+                              "imagefolder (Hugging Face) | hf (a datasets folder) | openclip (its CSV) | "
+                              "webdataset (tar shards)")
+    image_root: Optional[str] = doc(None, "folder the image paths in the annotations are relative to; "
+                                          "imagefolder: its folder; hf: the save_to_disk (or hub cache) "
+                                          "folder; openclip: default the CSV's folder; webdataset: the "
+                                          "shards' folder")
     ann_root: Optional[str] = doc(None, "folder holding train/val/test annotation files")
     train_json: Optional[str] = doc(None, "the train split's annotation file name (relative to ann_root, "
-                                          "or absolute)")
+                                          "or absolute); openclip: its CSV (--train-data); webdataset: its "
+                                          "shards, a name or brace pattern under image_root "
+                                          "({00000..00099}.tar; null: every .tar not in val/test)")
     val_json: Optional[str] = doc(None, "the val split's annotation file (karpathy: required; coco: null "
-                                        "reads train_json; folder: give both val_json and test_json, or "
-                                        "neither)")
+                                        "reads train_json; folder, openclip, webdataset shards: give both "
+                                        "val_json and test_json, or neither)")
     test_json: Optional[str] = doc(None, "the test split's annotation file (as val_json)")
+    image_key: Optional[str] = doc(None, "the image column or key; null: the format's own -- folder: image, "
+                                         "imagefolder: file_name, hf: image, openclip: filepath, "
+                                         "webdataset: jpg;png;jpeg;webp (member extensions, the first "
+                                         "present)")
+    caption_key: Optional[str] = doc(None, "the caption column or key (a string or a list of captions); "
+                                           "null: the format's own -- folder: caption, imagefolder: text, "
+                                           "hf: caption, openclip: title, webdataset: txt (a member "
+                                           "extension; without that member, the field of that name or "
+                                           "else caption in the sample's .json)")
+    csv_separator: Optional[str] = doc(None, "openclip: the CSV's column separator (its --csv-separator); "
+                                             "null: a tab")
     image_size: int = doc(32, "square side the towers see")
     max_words: int = doc(30, "captions are truncated to this many words")
     caption_cleaner: Optional[str] = doc(None, "mode: reference (keeps , and ?) | strict (drops them too)")
@@ -65,11 +83,11 @@ class DataConfig:
                                "image of that split's file")
     val_ids: Any = doc(None, "coco: image ids of the val split (as train_ids)")
     test_ids: Any = doc(None, "coco: image ids of the test split (as train_ids)")
-    val_fraction: float = doc(0.1, "folder: with only train_json given, this fraction of its images is "
-                                   "held out as val")
-    test_fraction: float = doc(0.1, "folder: with only train_json given, this fraction of its images is "
-                                    "held out as test")
-    split_seed: int = doc(0, "folder: seed of that hold-out draw")
+    val_fraction: float = doc(0.1, "folder, openclip, webdataset: with only train_json given (imagefolder, "
+                                   "hf: without a val split), this fraction of its images is held out "
+                                   "as val")
+    test_fraction: float = doc(0.1, "as val_fraction, held out as test")
+    split_seed: int = doc(0, "seed of that hold-out draw")
     shapes_train: int = doc(10_000, "shapes and shapes-specific (the embedded datasets: the same images, other "
                                          "captions): train images (5 captions each)")
     shapes_val: int = doc(500, "shapes: val images")
@@ -84,6 +102,9 @@ class DataConfig:
         _non_negative(self, "cache_max_gb", "val_fraction", "test_fraction")
         if self.val_fraction + self.test_fraction >= 1.0:
             raise ConfigError("data.val_fraction + data.test_fraction must be < 1 (the rest is train)")
+        if self.csv_separator is not None and len(self.csv_separator) != 1:
+            raise ConfigError(f"data.csv_separator must be one character, not {self.csv_separator!r} (a tab: "
+                              "leave it null)")
 
 
 @dataclass

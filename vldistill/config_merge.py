@@ -57,8 +57,19 @@ def dotlist_layers(overrides: list[str]) -> list[Layer]:
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")
-        layers.append((f"override {item!r}", lambda item=item: OmegaConf.from_dotlist([item])))
+        layers.append((f"override {item!r}", lambda item=item: _dotlist(item)))
     return layers
+
+
+def _dotlist(item: str) -> DictConfig:
+    """One override; a value YAML cannot read (a brace pattern, say) is a one-line ConfigError."""
+    try:
+        return OmegaConf.from_dotlist([item])
+    except yaml.YAMLError as err:
+        key, _, value = item.partition("=")
+        reason = str(err).splitlines()[0]
+        raise ConfigError(f"override {item!r}: the value is not valid YAML ({reason}); quote it, e.g. "
+                          f"'{key}=\"{value}\"'") from None
 
 
 def merge(base: Config | type[Config], layers: list[Layer]) -> Config:

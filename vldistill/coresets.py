@@ -26,6 +26,7 @@ from torch import nn
 
 from .config import Config
 from .data import PreparedData
+from .data.splits import ordered_batches
 from .errors import UnknownNameError, UserError
 from .trajectories import TrajectoryStore, store_manifest
 from .models.student import DualEncoder, FunctionalStudent, build_student
@@ -144,9 +145,8 @@ def _recalibrate_batchnorm(model: DualEncoder, split, device: torch.device, batc
         m.reset_running_stats()
         m.momentum = None
     model.train()
-    for start in range(0, split.n_images, batch_size):
-        idx = torch.arange(start, min(start + batch_size, split.n_images))
-        model.image_tower(split.images.get_batch(idx).to(device))
+    for batch in ordered_batches(split.images, batch_size):
+        model.image_tower(batch.to(device))
 
 
 def expert_embeddings(cfg: Config, data: PreparedData, store: TrajectoryStore, device: torch.device,

@@ -30,7 +30,7 @@ import torch
 from .config import Config
 from .config_merge import derive
 from .data import PreparedData
-from .data.splits import CaptionDataset, CaptionSplit
+from .data.splits import CaptionDataset, CaptionSplit, ordered_batches
 from .data.text_cache import default_cache_dir
 from .io import read_tensors, write_tensors
 from .models.student import DualEncoder
@@ -147,8 +147,8 @@ def split_features(model: DualEncoder, dataset: CaptionDataset, name: str, ident
     if path.is_file():
         return _read(str(path))
     log.info("computing frozen backbone features of %d %s images (cached at %s)", split.n_images, name, path)
-    features = torch.cat([backbone_features(model, split.images.get_batch(idx).to(device)).cpu()
-                          for idx in torch.arange(split.n_images).split(batch_size)])
+    features = torch.cat([backbone_features(model, batch.to(device)).cpu()
+                          for batch in ordered_batches(split.images, batch_size)])
     write_tensors(path, {"features": features}, metadata={"split": name, "dataset": dataset.name})
     return features
 

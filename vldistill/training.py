@@ -12,7 +12,7 @@ from typing import Callable, Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .data.splits import CaptionSplit
+from .data.splits import CaptionSplit, ordered_batches
 from .errors import NonFiniteError
 from .losses import soft_contrastive_loss
 from .models.student import DualEncoder
@@ -119,9 +119,8 @@ def embed_split(model: DualEncoder, split: CaptionSplit, text: torch.Tensor, dev
                 batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalized image features (n_images, d) and caption features (n_captions, d)."""
     model.eval()
-    images = [model.encode_image(split.images.get_batch(torch.arange(i, min(i + batch_size, split.n_images)))
-                                 .to(device)).float().cpu()
-              for i in range(0, split.n_images, batch_size)]
+    images = [model.encode_image(batch.to(device)).float().cpu()
+              for batch in ordered_batches(split.images, batch_size)]
     texts = [model.encode_text(text[i:i + batch_size].to(device)).float().cpu()
              for i in range(0, len(text), batch_size)]
     return torch.cat(images), torch.cat(texts)

@@ -1,10 +1,10 @@
 """Caption datasets by name, and the prepared data every stage works from.
 
 `build_dataset(data_cfg, cache_dir)` turns a `DataConfig` into a `CaptionDataset` (the
-registry `DATASETS`: shapes, shapes-specific, karpathy, coco, folder); `prepare_data(cfg)` adds the frozen text
-tower's embedding of every caption (cached).
+registry `DATASETS`: shapes, shapes-specific, karpathy, coco, folder, imagefolder, hf, openclip,
+webdataset); `prepare_data(cfg)` adds the frozen text tower's embedding of every caption (cached).
 """
-from . import coco, folder, karpathy, shapes  # noqa: F401  (each registers its dataset)
+from . import coco, folder, hf, imagefolder, karpathy, openclip, shapes, shards  # noqa: F401  (each registers its dataset)
 from .prepared import PreparedData, prepare_data
 from .registry import DATASETS, build_dataset
 from .splits import CaptionDataset, CaptionSplit, TensorImages, normalize_caption

@@ -1,13 +1,15 @@
-"""Images on disk as an `ImageSource`: decoding, the reference's transforms, one up-front check
-of every file, and a cache of decoded pixels.
+"""Encoded images as an `ImageSource`: decoding, the reference's transforms, one check of
+every image, and a cache of decoded pixels.
 
+Images come from a store (`stores.EncodedImages`: files, tar shards, rows of a saved dataset).
 `FileImages.get_batch` decodes a batch (inside DataLoader workers when data.num_workers > 0)
 and applies the train or the test transform. `load_images` is what datasets call: it checks
-every file once in the main process -- present, an image PIL recognizes, not cut short -- so a
-bad file is one clear error naming it (or, with data.skip_bad_images, is skipped and counted),
+every image once in the main process -- present, an image PIL recognizes, not cut short -- so a
+bad one is one clear error naming it (or, with data.skip_bad_images, is skipped and counted),
 never a stack trace from a worker. A split whose decoded pixels fit `data.cache_max_gb` is
-decoded once into a uint8 tensor file under cache_dir (keyed by the files' paths, sizes and
-mtimes, and the image size), so later epochs and later runs never touch the JPEGs again.
+decoded once into a uint8 tensor file under cache_dir (keyed by the images' names and stamps,
+e.g. paths, sizes and mtimes, and the image size), so later epochs and later runs never touch
+the encoded images again.
 
 Transforms follow the reference: train = RandomResizedCrop(scale 0.5-1, bicubic), horizontal
 flip, two RandAugment-style ops at magnitude 5/10; test = resize to a square, bicubic; both
@@ -20,18 +22,17 @@ import hashlib
 import json
 import logging
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence, TYPE_CHECKING
+from typing import BinaryIO, Sequence, TYPE_CHECKING
 
 import torch
 from safetensors import safe_open
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from ..errors import UserError
 from ..io import write_tensors
+from .stores import BadImageError, EncodedImages, bad_image_message, source_name
 
 if TYPE_CHECKING:
     from ..config import DataConfig
@@ -60,40 +61,22 @@ def _mode(name: str):
     return InterpolationMode[name]
 
 
-class BadImageError(UserError):
-    """An image file that cannot be decoded; the message names it.
-
-    A DataLoader re-raises a worker's exception as `type(exc)(text with the worker's traceback)`;
-    this keeps only our own message, so the CLI still prints one line.
-    """
-
-    def __init__(self, message: str):
-        if "Original Traceback" in message:
-            last = [line for line in message.splitlines() if line.strip()][-1]
-            message = last.split("BadImageError: ", 1)[-1]
-        super().__init__(message)
-
-
-def _bad_image_message(path: str, reason: str) -> str:
-    return (f"image {path!r} {reason}: replace or remove it, or set data.skip_bad_images=true "
-            "to skip such images")
-
-
-def decode_image(path: str, size: int | None = None) -> torch.Tensor:
-    """The file as uint8 RGB (3, h, w), or resized (bicubic) to size x size when `size` is given.
+def decode_image(source: str | BinaryIO, size: int | None = None) -> torch.Tensor:
+    """The image (a path, or a named file object from a store) as uint8 RGB (3, h, w), or
+    resized (bicubic) to size x size when `size` is given.
 
     Decoding and the test-time resize stay in PIL, so neither needs torchvision.
-    Raises BadImageError naming the file if it cannot be decoded.
+    Raises BadImageError naming the image if it cannot be decoded.
     """
     import numpy as np
     from PIL import Image
     try:
-        with Image.open(path) as image:
+        with Image.open(source) as image:
             rgb = image.convert("RGB")
             if size is not None and rgb.size != (size, size):
                 rgb = rgb.resize((size, size), Image.Resampling.BICUBIC)
     except (OSError, ValueError, SyntaxError) as err:
-        raise BadImageError(_bad_image_message(path, f"cannot be decoded ({err})")) from None
+        raise BadImageError(bad_image_message(source_name(source), f"cannot be decoded ({err})")) from None
     return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).contiguous()
 
 
@@ -179,18 +162,20 @@ class ImageTransform:
 # ---------------------------------------------------------------- image sources
 @dataclass
 class FileImages:
-    """Images decoded from their files at every request (picklable: DataLoader workers use it)."""
+    """Images decoded from their store at every request (picklable: DataLoader workers use it;
+    `num_workers` is how many read it in order, see `splits.ordered_batches`)."""
 
-    paths: list[str]
+    store: EncodedImages
     transform: ImageTransform
+    num_workers: int = 0
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.store)
 
     def get_batch(self, indices: torch.Tensor, train: bool = False) -> torch.Tensor:
         augment = train and self.transform.augment
         size = None if augment else self.transform.size          # crops need the full image
-        return torch.stack([self.transform(decode_image(self.paths[i], size), train)
+        return torch.stack([self.transform(decode_image(self.store.open(i), size), train)
                             for i in indices.tolist()])
 
 
@@ -212,55 +197,27 @@ class DecodedImages:
 
 
 # ---------------------------------------------------------------- checking and caching
-def check_image_file(path: str) -> str | None:
-    """Why the file cannot serve as an image (None if it looks fine), without decoding it.
-
-    Reads the header (PIL recognizes the format) and, for JPEG and PNG, the tail (the end
-    marker is there, so the file was not cut short).
-    """
-    from PIL import Image, UnidentifiedImageError
-    try:
-        if os.path.getsize(path) == 0:
-            return "is empty"
-        with Image.open(path) as image:
-            fmt = image.format
-        with open(path, "rb") as handle:
-            handle.seek(max(0, os.path.getsize(path) - 1024))
-            tail = handle.read()
-    except FileNotFoundError:
-        return "is missing"
-    except UnidentifiedImageError:
-        return "is not an image PIL can read"
-    except OSError as err:
-        return f"cannot be read ({err})"
-    if fmt == "JPEG" and b"\xff\xd9" not in tail:
-        return "is truncated (no JPEG end marker)"
-    if fmt == "PNG" and b"IEND" not in tail[-16:]:
-        return "is truncated (no PNG end chunk)"
-    return None
-
-
 @dataclass
 class LoadedImages:
-    """What `load_images` made of a list of files."""
+    """What `load_images` made of a store's images."""
 
     source: FileImages | DecodedImages
-    kept: list[int]                                   # positions (in the given list) kept
-    bad: list[tuple[str, str]] = field(default_factory=list)   # (path, reason) of skipped files
+    kept: list[int]                                   # positions (in the given store) kept
+    bad: list[tuple[str, str]] = field(default_factory=list)   # (name, reason) of skipped images
 
 
 class _DecodeForCache(Dataset):
-    """File i -> (i, uint8 (3, S, S) or None, reason): workers report failures, never raise."""
+    """Image i -> (i, uint8 (3, S, S) or None, reason): workers report failures, never raise."""
 
-    def __init__(self, paths: list[str], transform: ImageTransform):
-        self.paths, self.transform = paths, transform
+    def __init__(self, store: EncodedImages, transform: ImageTransform):
+        self.store, self.transform = store, transform
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.store)
 
     def __getitem__(self, i: int):
         try:
-            return i, decode_image(self.paths[i], self.transform.size), None
+            return i, decode_image(self.store.open(i), self.transform.size), None
         except BadImageError:
             return i, None, "cannot be decoded"
 
@@ -270,11 +227,11 @@ def _collate_items(items):
 
 
 def _refuse_bad(bad: list[tuple[str, str]], skip: bool) -> None:
-    """One error naming the first bad file, unless the user asked to skip them."""
+    """One error naming the first bad image, unless the user asked to skip them."""
     if bad and not skip:
-        path, reason = bad[0]
+        name, reason = bad[0]
         more = f" ({len(bad) - 1} more bad images in this split)" if len(bad) > 1 else ""
-        raise BadImageError(_bad_image_message(path, reason) + more)
+        raise BadImageError(bad_image_message(name, reason) + more)
 
 
 def _loaded(source, kept: list[int], bad: list[tuple[str, str]], split: str) -> LoadedImages:
@@ -284,20 +241,20 @@ def _loaded(source, kept: list[int], bad: list[tuple[str, str]], split: str) -> 
     return LoadedImages(source, kept, bad)
 
 
-def _cache_path(cache_dir: Path, paths: list[str], stats: list, size: int) -> Path:
+def _cache_path(cache_dir: Path, store: EncodedImages, stamps: list[str | None], size: int) -> Path:
     h = hashlib.sha256(json.dumps({"format": CACHE_FORMAT, "size": size}).encode())
-    for path, stat in zip(paths, stats):
-        h.update(f"\0{path}\0{stat}".encode())
+    for i, stamp in enumerate(stamps):
+        h.update(f"\0{store.name(i)}\0{stamp}".encode())
     return cache_dir / "images" / f"{h.hexdigest()[:24]}.safetensors"
 
 
-def _decode_all(paths: list[str], transform: ImageTransform, num_workers: int, split: str):
-    """Decode and resize every file (in workers); returns pixels of the good ones and the bad."""
-    loader = DataLoader(_DecodeForCache(paths, transform), batch_size=64, num_workers=num_workers,
+def _decode_all(store: EncodedImages, transform: ImageTransform, num_workers: int, split: str):
+    """Decode and resize every image (in workers); returns pixels of the good ones and the bad."""
+    loader = DataLoader(_DecodeForCache(store, transform), batch_size=64, num_workers=num_workers,
                         collate_fn=_collate_items)
     good, bad = [], []
     for batch in tqdm(loader, desc=f"decoding {split} images", unit="batch",
-                      disable=len(paths) < 2000):
+                      disable=len(store) < 2000):
         for i, pixels, reason in batch:
             (good.append((i, pixels)) if pixels is not None else bad.append((i, reason)))
     kept = [i for i, _ in good]
@@ -306,12 +263,12 @@ def _decode_all(paths: list[str], transform: ImageTransform, num_workers: int, s
     return pixels, kept, bad
 
 
-def load_images(paths: Sequence[str | Path], data_cfg: "DataConfig", cache_dir: Path, split: str,
+def load_images(store: EncodedImages, data_cfg: "DataConfig", cache_dir: Path, split: str,
                 train: bool = False) -> LoadedImages:
-    """Check every file once, drop or refuse bad ones, and decode into the cache when it fits.
+    """Check every image once, drop or refuse bad ones, and decode into the cache when it fits.
 
     Args:
-        paths: image files, in split order.
+        store: the split's encoded images, in split order (files, shard members, dataset rows).
         data_cfg: `DataConfig` (image_size, no_aug, skip_bad_images, cache_images,
             cache_max_gb, num_workers).
         cache_dir: where the decoded-pixel cache lives (`cache_dir/images/`).
@@ -319,46 +276,38 @@ def load_images(paths: Sequence[str | Path], data_cfg: "DataConfig", cache_dir: 
         train: whether this split is trained on (augmentation applies unless data.no_aug).
 
     Returns:
-        The image source over the kept files, their positions in `paths`, and the skipped ones.
+        The image source over the kept images, their positions in `store`, and the skipped ones.
     """
-    paths = [str(p) for p in paths]
     transform = ImageTransform(data_cfg.image_size, augment=train and not data_cfg.no_aug)
-    stats: list = []
-    for path in paths:
-        try:
-            stat = os.stat(path)
-            stats.append((stat.st_size, stat.st_mtime_ns))
-        except OSError:
-            stats.append(None)
-    bad = [(p, "is missing") for p, s in zip(paths, stats) if s is None]
+    stamps = [store.stamp(i) for i in range(len(store))]
+    bad = [(store.name(i), "is missing") for i, s in enumerate(stamps) if s is None]
     _refuse_bad(bad, data_cfg.skip_bad_images)
 
-    n_bytes = len(paths) * 3 * data_cfg.image_size ** 2
+    n_bytes = len(store) * 3 * data_cfg.image_size ** 2
     cached = data_cfg.cache_images and n_bytes <= data_cfg.cache_max_gb * 2 ** 30
-    cache_file = _cache_path(cache_dir, paths, stats, data_cfg.image_size)
+    cache_file = _cache_path(cache_dir, store, stamps, data_cfg.image_size)
     if cached and cache_file.is_file():
         with safe_open(str(cache_file), framework="pt") as handle:
             pixels, kept = handle.get_tensor("pixels"), handle.get_tensor("kept").tolist()
-            recorded = [(paths[i], reason) for i, reason in json.loads(handle.metadata()["bad"])]
+            recorded = [(store.name(i), reason) for i, reason in json.loads(handle.metadata()["bad"])]
         _refuse_bad(bad + recorded, data_cfg.skip_bad_images)   # bad then, refused now if asked
         return _loaded(DecodedImages(pixels, transform), kept, bad + recorded, split)
 
-    present = [i for i, s in enumerate(stats) if s is not None]
-    checked = [(i, check_image_file(paths[i])) for i in present]
+    present = [i for i, s in enumerate(stamps) if s is not None]
+    checked = [(i, store.check(i)) for i in present]
     bad_checked = [(i, reason) for i, reason in checked if reason]
-    _refuse_bad(bad + [(paths[i], reason) for i, reason in bad_checked], data_cfg.skip_bad_images)
+    _refuse_bad(bad + [(store.name(i), reason) for i, reason in bad_checked], data_cfg.skip_bad_images)
     good = [i for i, reason in checked if reason is None]
     if not cached:
         if data_cfg.cache_images:
             log.info("%s split: %.1f GB decoded exceeds data.cache_max_gb=%g, images are decoded "
-                     "from their files every epoch", split, n_bytes / 2 ** 30, data_cfg.cache_max_gb)
-        bad += [(paths[i], reason) for i, reason in bad_checked]
-        return _loaded(FileImages([paths[i] for i in good], transform), good, bad, split)
+                     "from their store every epoch", split, n_bytes / 2 ** 30, data_cfg.cache_max_gb)
+        bad += [(store.name(i), reason) for i, reason in bad_checked]
+        return _loaded(FileImages(store.select(good), transform, data_cfg.num_workers), good, bad, split)
 
-    pixels, positions, failed = _decode_all([paths[i] for i in good], transform,
-                                            data_cfg.num_workers, split)
+    pixels, positions, failed = _decode_all(store.select(good), transform, data_cfg.num_workers, split)
     unusable = bad_checked + [(good[j], reason) for j, reason in failed]   # present but bad
-    bad += [(paths[i], reason) for i, reason in unusable]
+    bad += [(store.name(i), reason) for i, reason in unusable]
     _refuse_bad(bad, data_cfg.skip_bad_images)
     kept = [good[j] for j in positions]
     write_tensors(cache_file, {"pixels": pixels, "kept": torch.tensor(kept, dtype=torch.long)},

@@ -1,22 +1,25 @@
-"""From annotation records (image path + its captions) to `CaptionSplit`s of image files.
+"""From annotation records (an image + its captions) to `CaptionSplit`s.
 
-Every file-backed dataset (Karpathy JSON, COCO captions, a user's folder) parses its
-annotations into `ImageCaptions` groups -- one per image, any number of captions -- and hands
-them to `build_caption_dataset`, which normalizes captions, drops images without captions,
-checks and loads the images (`images.load_images`) and builds the caption <-> image maps.
+Every real dataset (Karpathy JSON, COCO captions, a user's folder, Hugging Face data, open_clip
+CSVs, webdataset shards) parses its annotations into `ImageCaptions` groups -- one per image,
+any number of captions -- and hands them to `build_caption_dataset`, which normalizes captions,
+drops images without captions, checks and loads the images (`images.load_images`, through the
+format's `Locator`) and builds the caption <-> image maps. `three_splits` is the split rule they
+share: the split files a user gives, or val/test fractions held out with a seed.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, TYPE_CHECKING
+from typing import Callable, Iterable, Sequence, TYPE_CHECKING
 
 import torch
 
 from ..errors import MissingFileError, UserError
 from .images import CLIP_MEAN, CLIP_STD, load_images
 from .splits import CaptionDataset, CaptionSplit, normalize_caption
+from .stores import EncodedImages, ImageFiles
 
 if TYPE_CHECKING:
     from ..config import DataConfig
@@ -24,6 +27,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+
+# a format's image names (as its annotations write them) -> their encoded images, in that order
+Locator = Callable[[Sequence[str]], EncodedImages]
 
 
 @dataclass
@@ -73,9 +79,49 @@ def image_root(data_cfg: "DataConfig") -> Path:
     return root
 
 
-def build_split(groups: list[ImageCaptions], root: Path, data_cfg: "DataConfig", cache_dir: Path,
+def files_under(root: Path) -> Locator:
+    """Image names that are file paths, absolute or relative to `root`."""
+    def locate(names: Sequence[str]) -> ImageFiles:
+        return ImageFiles([name if Path(name).is_absolute() else str(root / name) for name in names])
+    return locate
+
+
+def hold_out(groups: list[ImageCaptions], fractions: dict[str, float],
+             seed: int) -> dict[str, list[ImageCaptions]]:
+    """Split images (not captions) at random, at least one image each; files keep their order.
+
+    `fractions` maps each held-out split to its share, drawn in that order ("test" then "val"
+    for a user's folder); the rest is "train".
+    """
+    n = len(groups)
+    counts = {split: max(1, round(n * f)) for split, f in fractions.items()}
+    if n - sum(counts.values()) < 1:
+        raise UserError(f"{n} captioned images are too few to hold out {' and '.join(counts)} images: "
+                        "give those splits explicitly (data.val_json and data.test_json, or the dataset's "
+                        "own split)")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    parts, start = {}, 0
+    for split, count in counts.items():
+        parts[split], start = order[start:start + count], start + count
+    parts["train"] = order[start:]
+    return {split: [groups[i] for i in sorted(idx)] for split, idx in parts.items()}
+
+
+def three_splits(train: list[ImageCaptions], val: list[ImageCaptions] | None,
+                 test: list[ImageCaptions] | None, data_cfg: "DataConfig") -> dict[str, list[ImageCaptions]]:
+    """The groups of each split: val and test as given, the missing ones held out of train
+    (data.val_fraction / data.test_fraction, a seeded draw: data.split_seed)."""
+    fractions = {split: getattr(data_cfg, f"{split}_fraction")
+                 for split, given in (("test", test), ("val", val)) if given is None}
+    drawn = hold_out(train, fractions, data_cfg.split_seed) if fractions else {"train": train}
+    return {"train": drawn["train"], "val": drawn.get("val", val), "test": drawn.get("test", test)}
+
+
+def build_split(groups: list[ImageCaptions], images: Path | Locator, data_cfg: "DataConfig", cache_dir: Path,
                 split: str) -> CaptionSplit:
-    """Normalize captions, drop caption-less and (if allowed) unreadable images, map the rest."""
+    """Normalize captions, drop caption-less and (if allowed) unreadable images, map the rest;
+    `images`: the folder the groups' paths are relative to, or the format's `Locator`."""
+    locate = files_under(images) if isinstance(images, Path) else images
     def clean(captions: list[str]) -> list[str]:
         cleaned = (normalize_caption(c, data_cfg.max_words, data_cfg.caption_cleaner) for c in captions)
         return [c for c in cleaned if c]
@@ -87,8 +133,8 @@ def build_split(groups: list[ImageCaptions], root: Path, data_cfg: "DataConfig",
                     split, len(normalized) - len(with_captions), first)
     if not with_captions:
         raise UserError(f"the {split} split has no image with a caption")
-    paths = [Path(image) if Path(image).is_absolute() else root / image for image, _ in with_captions]
-    loaded = load_images(paths, data_cfg, cache_dir, split, train=split == "train")
+    loaded = load_images(locate([image for image, _ in with_captions]), data_cfg, cache_dir, split,
+                         train=split == "train")
     kept = [with_captions[i] for i in loaded.kept]
     if not kept:
         raise UserError(f"the {split} split has no readable image left")
@@ -98,10 +144,10 @@ def build_split(groups: list[ImageCaptions], root: Path, data_cfg: "DataConfig",
     return CaptionSplit(loaded.source, captions, caption_image, [image for image, _ in kept])
 
 
-def build_caption_dataset(name: str, groups: dict[str, list[ImageCaptions]], root: Path, data_cfg: "DataConfig",
-                          cache_dir: Path) -> CaptionDataset:
-    """The three splits over image files, CLIP-normalized at data.image_size."""
-    splits = {split: build_split(groups[split], root, data_cfg, cache_dir, split) for split in SPLITS}
+def build_caption_dataset(name: str, groups: dict[str, list[ImageCaptions]], images: Path | Locator,
+                          data_cfg: "DataConfig", cache_dir: Path) -> CaptionDataset:
+    """The three splits, CLIP-normalized at data.image_size (`images` as for `build_split`)."""
+    splits = {split: build_split(groups[split], images, data_cfg, cache_dir, split) for split in SPLITS}
     for split, s in splits.items():
         log.info("%s %s: %d images, %d captions", name, split, s.n_images, len(s.captions))
     return CaptionDataset(name, splits["train"], splits["val"], splits["test"], CLIP_MEAN, CLIP_STD,

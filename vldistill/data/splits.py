@@ -8,9 +8,10 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Protocol, Sequence
+from typing import Callable, Iterator, Optional, Protocol, Sequence
 
 import torch
+from torch.utils.data import DataLoader, Dataset
 
 # the reference's pre_caption replaces these by spaces; `strict` also drops , and ?
 _PUNCTUATION = {"reference": re.compile(r"[.!\"()*#:;~]"), "strict": re.compile(r"[.!\"()*#:;~,?]")}
@@ -31,6 +32,30 @@ class ImageSource(Protocol):
     def __len__(self) -> int: ...
 
     def get_batch(self, indices: torch.Tensor, train: bool = False) -> torch.Tensor: ...
+
+
+class _Chunks(Dataset):
+    """Chunk k -> images [k * size, (k + 1) * size) of a source, test transform."""
+
+    def __init__(self, images: ImageSource, size: int):
+        self.images, self.size = images, size
+
+    def __len__(self) -> int:
+        return -(-len(self.images) // self.size)
+
+    def __getitem__(self, k: int) -> torch.Tensor:
+        return self.images.get_batch(torch.arange(k * self.size, min((k + 1) * self.size, len(self.images))))
+
+
+def ordered_batches(images: ImageSource, batch_size: int) -> Iterator[torch.Tensor]:
+    """Every image of a source in index order, `batch_size` at a time (test transform). A source
+    that decodes from files, shards or a dataset says how many DataLoader workers read it
+    (`num_workers`): they decode chunks ahead, and the chunks arrive in order."""
+    chunks = _Chunks(images, batch_size)
+    workers = getattr(images, "num_workers", 0)
+    if not workers:
+        return (chunks[k] for k in range(len(chunks)))
+    return iter(DataLoader(chunks, batch_size=None, num_workers=min(workers, len(chunks))))
 
 
 @dataclass
