@@ -145,8 +145,9 @@ def test_store_of_another_setup_names_the_field(tmp_path, cache_dir, capsys):
     store = copy_store(cache_dir, tmp_path / "store")
     common = ["distill", TINY, f"run_dir={tmp_path / 'run'}", f"cache_dir={cache_dir}",
               f"buffer.dir={store}", "eval.methods=[lors]", *FAST]
-    code, err = run_cli(capsys, *common, "model.convnet_width=16")          # another image tower
-    assert code == 2 and re.search(r"was made with convnet=\[8, 2\], this run has convnet=\[16, 2\]", err), err
+    code, err = run_cli(capsys, *common, "model.image_tower_args.convnet.width=16")    # another image tower
+    assert code == 2 and re.search(r'was made with image_tower_args=\{"width": 8, "depth": 2\}, this run has '
+                                   r'image_tower_args=\{"width": 16, "depth": 2\}', err), err
     code, err = run_cli(capsys, *common, "buffer.epochs=2", "distill.max_start_epoch=2")
     assert code == 2 and "distill needs expert epoch 2" in err and "the store keeps [0, 1]" in err, err
     manifest = json.loads((store / "manifest.json").read_text())

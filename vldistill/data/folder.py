@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..errors import UserError
+from .examples import example_captions, write_images
 from .registry import DATASETS
 from .karpathy import read_karpathy_json
 from .records import ImageCaptions, annotation_path, build_caption_dataset, group_by_image, image_root
@@ -81,7 +82,15 @@ def hold_out(groups: list[ImageCaptions], val_fraction: float, test_fraction: fl
     return {split: [groups[i] for i in sorted(idx)] for split, idx in parts.items()}
 
 
-@DATASETS.register("folder")
+def tiny_folder(folder: Path) -> list[str]:
+    """Six images and one JSON Lines caption file in `folder` (val and test held out of it)."""
+    names = write_images(folder, [f"p{i}.png" for i in range(6)])
+    (folder / "c.jsonl").write_text("".join(json.dumps({"image": name, "caption": caption}) + "\n"
+                                            for name, caption in zip(names, example_captions(6))))
+    return ["data.name=folder", f"data.image_root={folder}", "data.train_json=c.jsonl"]
+
+
+@DATASETS.register("folder", example=tiny_folder)
 def build_folder(data_cfg: "DataConfig", cache_dir: Path) -> CaptionDataset:
     """A user's captioned images: one caption file (held-out val/test) or one per split."""
     root = image_root(data_cfg)
