@@ -106,8 +106,7 @@ def test_every_matcher_equals_autograd_through_its_unroll(match, stop, steps, si
     _compare(match, stop, sim_kind, MatchOptions(loss_kind, merge_branches=merge), steps)
 
 
-@pytest.mark.parametrize("name", MATCHERS.names())
-def test_every_matcher_moves_the_whole_set_and_repeats_itself(name):
+def check_matcher(name: str) -> None:
     """Any registered matcher, with its default options: a finite positive loss, finite lr
     gradients, finite gradients that reach the images, the texts and the similarity -- and the
     same numbers again from the same inputs and step seeds."""
@@ -122,6 +121,11 @@ def test_every_matcher_moves_the_whole_set_and_repeats_itself(name):
         assert all(g is not None and torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)
         runs.append((result, grads))
     assert runs[0][0] == runs[1][0] and all(map(torch.equal, runs[0][1], runs[1][1]))
+
+
+@pytest.mark.parametrize("name", MATCHERS.names())
+def test_every_matcher_moves_the_whole_set_and_repeats_itself(name):
+    check_matcher(name)
 
 
 def test_tesla_and_the_full_unroll_differ_beyond_one_step():
