@@ -7,7 +7,9 @@ says "mode" takes the value of the run's `fidelity` (`vldistill.fidelity`: `refe
 reproduces the authors' scripts, `vldistill` is ours); the loaders resolve it, and the resolved
 value is what config.yaml records. Names of registered things (datasets, towers, losses,
 methods, ...) are checked by the loaders too, once the registries are filled: this module
-imports nothing of the package but its errors, so reading a config never imports torch.
+imports nothing of the package but its errors, so reading a config never imports torch. So are
+the `*_args` blocks: what a component's block may hold is its own options dataclass
+(`vldistill.options`), not a field here.
 """
 from __future__ import annotations
 

@@ -108,7 +108,7 @@ def _moved(layer: Any, source: str) -> Any:
         if not isinstance(node, DictConfig) or leaf not in node:
             continue
         if OmegaConf.select(layer, new) is not None:
-            raise ConfigError(f"{source}: {old} is the old name of {new}; give only {new}")
+            raise ConfigError(f"{source}: {old} is the old name of {new}; give only the latter")
         OmegaConf.update(layer, new, node.pop(leaf), force_add=True)
         log.warning("%s: %s is now %s (read as that)", source, old, new)
     return layer
