@@ -7,7 +7,6 @@ files can be seen in a few lines.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -45,10 +44,4 @@ def write_images(folder: Path, names: list[str], first_seed: int = 0) -> list[st
     return names
 
 
-def write_json(path: Path, value: object) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(value))
-    return path
-
-
-__all__ = ["CAPTIONS", "example_captions", "write_image", "write_images", "write_json"]
+__all__ = ["CAPTIONS", "example_captions", "write_image", "write_images"]
