@@ -31,6 +31,15 @@ def test_every_config_key_is_documented():
     assert not undocumented, f"config keys without help (config.doc(default, help)): {undocumented}"
 
 
+def test_every_registered_components_option_is_documented():
+    from vldistill.configio import OPTION_BLOCKS
+    from vldistill.options import option_help
+    undocumented = [f"{block}.{name}.{option}" for block, registry in OPTION_BLOCKS.items()
+                    for name in registry.names()
+                    for option, text in option_help(registry.options_class(name)).items() if not text.strip()]
+    assert not undocumented, f"options without help (config.doc(default, help)): {undocumented}"
+
+
 def test_mode_keys_say_they_follow_the_fidelity():
     from vldistill.fidelity import DIFFERENCES
     for difference in DIFFERENCES:

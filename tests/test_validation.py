@@ -145,8 +145,9 @@ def test_store_of_another_setup_names_the_field(tmp_path, cache_dir, capsys):
     store = copy_store(cache_dir, tmp_path / "store")
     common = ["distill", TINY, f"run_dir={tmp_path / 'run'}", f"cache_dir={cache_dir}",
               f"buffer.dir={store}", "eval.methods=[lors]", *FAST]
-    code, err = run_cli(capsys, *common, "model.convnet_width=16")          # another image tower
-    assert code == 2 and re.search(r"was made with convnet=\[8, 2\], this run has convnet=\[16, 2\]", err), err
+    code, err = run_cli(capsys, *common, "model.image_tower_args.convnet.width=16")    # another image tower
+    assert code == 2 and re.search(r'was made with image_tower_args=\{"width": 8, "depth": 2\}, this run has '
+                                   r'image_tower_args=\{"width": 16, "depth": 2\}', err), err
     code, err = run_cli(capsys, *common, "buffer.epochs=2", "distill.max_start_epoch=2")
     assert code == 2 and "distill needs expert epoch 2" in err and "the store keeps [0, 1]" in err, err
     manifest = json.loads((store / "manifest.json").read_text())
@@ -155,6 +156,33 @@ def test_store_of_another_setup_names_the_field(tmp_path, cache_dir, capsys):
         (store / "manifest.json").write_text(json.dumps(manifest | {field: value}))
         code, err = run_cli(capsys, *common)
         assert code == 2 and f"was made with {field}={json.dumps(value)}" in err, err
+
+
+def test_moved_keys_are_read_under_their_new_names(caplog):
+    """model.convnet_width / depth became convnet's own options; configs, run directories and
+    set cards that still use them load as before, with a warning."""
+    from vldistill.configio import config_from_dict
+    assert load_config(None, ["model.convnet_width=8"]).model.image_tower_args == {"convnet": {"width": 8, "depth": 3}}
+    assert "model.convnet_width is now model.image_tower_args.convnet.width" in caplog.text
+    card = {"model": {"image_tower": "timm:resnet10t", "convnet_width": 64, "convnet_depth": 3}}
+    assert config_from_dict(card, "a card").model.image_tower_args["convnet"] == {"width": 64, "depth": 3}
+    with pytest.raises(ConfigError, match=r"^a card: model.convnet_width is the old name of "
+                                          r"model.image_tower_args.convnet.width; give only the latter$"):
+        config_from_dict({"model": {"convnet_width": 8, "image_tower_args": {"convnet": {"width": 4}}}}, "a card")
+
+
+def test_a_store_from_before_tower_options_were_recorded_is_still_used(tmp_path, cache_dir, capsys):
+    """Stores made before hold `convnet: [w, d]` and no image_tower_args: their image_params pin
+    the tower's shapes, so they are used, and one of another width is still refused."""
+    store = copy_store(cache_dir, tmp_path / "store")
+    manifest = json.loads((store / "manifest.json").read_text())
+    old = {k: v for k, v in manifest.items() if k != "image_tower_args"} | {"convnet": [8, 2]}
+    (store / "manifest.json").write_text(json.dumps(old))
+    common = ["distill", TINY, f"run_dir={tmp_path / 'run'}", f"cache_dir={cache_dir}", f"buffer.dir={store}",
+              "eval.methods=[lors]", "distill.iterations=1", *FAST]
+    assert run_cli(capsys, *common)[0] == 0
+    code, err = run_cli(capsys, *common, "model.convnet_width=16", "distill.resume=false")
+    assert code == 2 and "was made with image_params=" in err, err
 
 
 # ---------------------------------------------------------------- nothing is unpickled

@@ -142,7 +142,9 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 def cmd_config(args: argparse.Namespace) -> None:
     from .config_help import annotated_yaml
-    print(annotated_yaml(_config_for(args.target, args.overrides)), end="")
+    from .configio import option_notes
+    cfg = _config_for(args.target, args.overrides)
+    print(annotated_yaml(cfg, option_notes(cfg)), end="")
 
 
 def cmd_decode(args: argparse.Namespace) -> None:

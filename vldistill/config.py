@@ -7,7 +7,9 @@ says "mode" takes the value of the run's `fidelity` (`vldistill.fidelity`: `refe
 reproduces the authors' scripts, `vldistill` is ours); the loaders resolve it, and the resolved
 value is what config.yaml records. Names of registered things (datasets, towers, losses,
 methods, ...) are checked by the loaders too, once the registries are filled: this module
-imports nothing of the package but its errors, so reading a config never imports torch.
+imports nothing of the package but its errors, so reading a config never imports torch. So are
+the `*_args` blocks: what a component's block may hold is its own options dataclass
+(`vldistill.options`), not a field here.
 """
 from __future__ import annotations
 
@@ -44,6 +46,9 @@ class DataConfig:
     name: str = doc("shapes", "a registered dataset: shapes | shapes-specific | karpathy | coco | folder | "
                               "imagefolder (Hugging Face) | hf (a datasets folder) | openclip (its CSV) | "
                               "webdataset (tar shards)")
+    dataset_args: dict[str, Any] = doc(dict, "options of registered datasets, by name "
+                                             "(data.dataset_args.NAME.OPTION), each checked by its dataset; "
+                                             "the built-in ones read the data.* keys below")
     image_root: Optional[str] = doc(None, "folder the image paths in the annotations are relative to; "
                                           "imagefolder: its folder; hf: the save_to_disk (or hub cache) "
                                           "folder; openclip: default the CSV's folder; webdataset: the "
@@ -110,12 +115,15 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     image_tower: str = doc("convnet", "a registered image tower: convnet | timm:NAME | open_clip:NAME")
+    image_tower_args: dict[str, Any] = doc(dict, "options of image tower families, by registry name "
+                                                 "(model.image_tower_args.convnet.width), each checked by its "
+                                                 "tower; used by every tower of that family the run builds")
     pretrained_path: Optional[str] = doc(None, "local weights for the image tower, or imagenet: packaged "
                                                "weights (timm:efficientnet_lite0); nothing is downloaded")
-    convnet_width: int = doc(64, "convnet: channels of each conv block")
-    convnet_depth: int = doc(3, "convnet: conv blocks (each halves the image side)")
     text_tower: str = doc("minilm", "a registered text tower: minilm | st:DIR | hf:DIR | "
                                     "open_clip:NAME@CKPT")
+    text_tower_args: dict[str, Any] = doc(dict, "options of text tower families, by registry name "
+                                                "(model.text_tower_args.PREFIX.OPTION), each checked by its tower")
     text_batch_size: int = doc(256, "captions per forward pass when filling the cache")
     head_dropout: Optional[float] = doc(None, "mode: dropout inside the projection heads (reference 0.1)")
     batchnorm: str = doc("batch", "batch: batch statistics in training | frozen: running statistics "
@@ -125,7 +133,7 @@ class ModelConfig:
                                        "and a trainable image head follows it; only the two heads train")
 
     def __post_init__(self) -> None:
-        _positive(self, "convnet_width", "convnet_depth", "text_batch_size", "temperature")
+        _positive(self, "text_batch_size", "temperature")
         if self.head_dropout is not None and not 0.0 <= self.head_dropout < 1.0:
             raise ConfigError("model.head_dropout must be in [0, 1)")
         _choice(self, "batchnorm", BATCHNORM_MODES)
@@ -171,11 +179,17 @@ class DistillConfig:
     mini_batch: int = doc(20, "synthetic pairs per student step")
     batch_draw: str = doc("walk", "walk: consecutive chunks of a permutation (LoRS) | fresh: a new "
                                   "permutation's first mini_batch every step (VL-distill)")
-    matching: str = doc("tesla", "tesla (constant memory, stop-gradient on the student) | unroll")
+    matching: str = doc("tesla", "a registered matching algorithm: tesla (constant memory, stop-gradient "
+                                 "on the student) | unroll")
+    matching_args: dict[str, Any] = doc(dict, "options of matching algorithms, by name "
+                                              "(distill.matching_args.NAME.OPTION), each checked by its matcher")
     logit_scale: Optional[float] = doc(None, "inner-loop logit scale; null: 1 / model.temperature")
     blend_alpha: float = doc(0.0, "RepBlend: >0 blends representations in each student step, lam ~ "
                                   "Beta(alpha, alpha) (experts and evaluation never blend)")
     sim_kind: str = doc("lowrank", "a registered similarity: lowrank | full | identity")
+    sim_args: dict[str, Any] = doc(dict, "options of similarities, by name (distill.sim_args.NAME.OPTION), "
+                                         "each checked by its similarity (lowrank's are distill.rank and "
+                                         "distill.alpha)")
     rank: int = doc(10, "r: rank of the lowrank similarity's L R^T term (LoRS)")
     alpha: float = doc(3.0, "the lowrank similarity's L R^T term is scaled by alpha / r")
     loss: str = doc("infonce", "a registered loss: infonce | ence | bce | wbce | kl | mse | cwcl")
@@ -256,6 +270,8 @@ class EvalTowerConfig:
     """
     image_tower: Optional[str] = doc(None, "a registered image tower; null: this entry's key "
                                            "(eval.towers.KEY)")
+    image_tower_args: dict[str, Any] = doc(dict, "this tower's options (as model.image_tower_args.FAMILY, "
+                                                 "whose values it takes for the options it leaves out)")
     pretrained_path: Optional[str] = doc(None, "this tower's local weights or imagenet "
                                                "(model.pretrained_path is the distilled-on tower's)")
     lr: Optional[float] = doc(None, "student lr on a set (null: eval.lr)")
@@ -310,6 +326,8 @@ class EvalConfig:
     selection: Optional[str] = doc(None, "mode: val | test (best on TEST, LoRS; labelled so) | final")
     std: Optional[str] = doc(None, "mode: sample (n - 1) | population (n, reference) std over seeds")
     methods: list[str] = doc(["lors", "lors-identity", "random", "full"], "registered methods to evaluate, each a row of results.json")
+    method_args: dict[str, Any] = doc(dict, "options of methods, by name (eval.method_args.NAME.OPTION), each "
+                                            "checked by its method")
     coreset_space: str = doc("image", "herding / kcenter features: image | text | joint")
     coreset_expert: Optional[int] = doc(None, "herding / kcenter: expert whose last stored snapshot embeds "
                                               "the data; null: the first")

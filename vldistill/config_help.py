@@ -1,6 +1,7 @@
-"""Each config key's meaning, read from the schema's field metadata (`config.doc`): the
-resolved config as annotated YAML (`vldistill config`) and the reference page docs/config.md
-(`python -m vldistill.config_help docs/config.md` regenerates it; a test keeps it current).
+"""Each config key's meaning, read from the schema's field metadata (`config.doc`) and from
+the registered components' options dataclasses: the resolved config as annotated YAML
+(`vldistill config`) and the reference page docs/config.md (`python -m vldistill.config_help
+docs/config.md` regenerates it; a test keeps it current).
 """
 from __future__ import annotations
 
@@ -29,28 +30,28 @@ def _scalar(value: Any) -> str:
     return OmegaConf.to_yaml({"v": value}).strip()[3:]
 
 
-def _lines(obj: Any, indent: str) -> list[str]:
-    out = []
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        note = f.metadata.get("help", "")
-        suffix = f"  # {note}" if note else ""
-        if dataclasses.is_dataclass(value):
-            out.append(f"{indent}{f.name}:{suffix}")
-            out += _lines(value, indent + "  ")
-        elif isinstance(value, dict) and value:
-            out.append(f"{indent}{f.name}:{suffix}")
-            for key, entry in value.items():
-                out.append(f"{indent}  {key}:")
-                out += _lines(entry, indent + "    ")
-        else:
-            out.append(f"{indent}{f.name}: {_scalar(value)}{suffix}")
-    return out
+def _lines(obj: Any, indent: str, prefix: str, notes: dict[str, str]) -> list[str]:
+    """A dataclass's fields as YAML lines; `notes` gives the help of keys inside mappings."""
+    return [line for f in dataclasses.fields(obj)
+            for line in _entry(f.name, getattr(obj, f.name), f.metadata.get("help", ""), indent, prefix, notes)]
 
 
-def annotated_yaml(cfg: Config) -> str:
-    """`cfg` as YAML that `load_config` reads back, each key with its meaning."""
-    return "\n".join(_lines(cfg, "")) + "\n"
+def _entry(name: str, value: Any, note: str, indent: str, prefix: str, notes: dict[str, str]) -> list[str]:
+    suffix = f"  # {note}" if note else ""
+    key = f"{prefix}{name}"
+    if dataclasses.is_dataclass(value):
+        return [f"{indent}{name}:{suffix}", *_lines(value, indent + "  ", key + ".", notes)]
+    if isinstance(value, dict) and value:
+        return [f"{indent}{name}:{suffix}",
+                *(line for k, v in value.items()
+                  for line in _entry(k, v, notes.get(f"{key}.{k}", ""), indent + "  ", key + ".", notes))]
+    return [f"{indent}{name}: {_scalar(value)}{suffix}"]
+
+
+def annotated_yaml(cfg: Config, notes: dict[str, str] | None = None) -> str:
+    """`cfg` as YAML that `load_config` reads back, each key with its meaning (`notes`: the help
+    of the components' options, by dotted key; `vldistill.configio.option_notes`)."""
+    return "\n".join(_lines(cfg, "", "", notes or {})) + "\n"
 
 
 def _default(f: dataclasses.Field, key: str) -> str:
@@ -94,7 +95,24 @@ def reference_markdown() -> str:
                 doc = (section_class(sub).__doc__ or "").split("\n\n")[0]
                 out += ["", f"### {prefix[:-1]}", "", " ".join(doc.split()), ""]
                 out += _table(section_class(sub), prefix)
-    return "\n".join(out) + "\n"
+    return "\n".join(out + _options_section()) + "\n"
+
+
+def _options_section() -> list[str]:
+    """The options of every registered component that has some, one table each."""
+    from .configio import OPTION_BLOCKS             # fills the registries (imports torch)
+    out = ["", "## Component options", "",
+           "A registered component owns its options: a dataclass registered with it, filled from its",
+           "block `BLOCK.NAME` (e.g. `model.image_tower_args.convnet.width=32`). The loaders check each",
+           "block with that dataclass and fill in the defaults of the components a run uses, so",
+           "config.yaml and `vldistill config` show them. The registered components with options:"]
+    for block, registry in OPTION_BLOCKS.items():
+        for name in registry.names():
+            cls = registry.options_class(name)
+            if cls is not None:
+                doc = " ".join((cls.__doc__ or "").split("\n\n")[0].split())
+                out += ["", f"### {block}.{name}", "", doc, "", *_table(cls, f"{block}.{name}.")]
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

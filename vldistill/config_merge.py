@@ -10,6 +10,7 @@ loaders.
 from __future__ import annotations
 
 import difflib
+import logging
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,6 +22,13 @@ from .config import Config, ConfigError, key_help
 from .fidelity import resolve
 
 Layer = tuple[str, Callable[[], Any]]       # (where it comes from, for errors; make the layer)
+
+# keys that moved into a component's own options block: old key -> new key (configs, run
+# directories' config.yaml and set cards written before keep loading, with a warning)
+MOVED_KEYS = {"model.convnet_width": "model.image_tower_args.convnet.width",
+              "model.convnet_depth": "model.image_tower_args.convnet.depth"}
+
+log = logging.getLogger(__name__)
 
 
 def _all_keys(node: Any, prefix: str = "") -> list[str]:
@@ -88,7 +96,7 @@ def _merge(merged: DictConfig, layers: list[Layer]) -> Config:
     source = "the defaults"             # which layer is being merged, for errors without a key
     try:
         for source, make in layers:
-            merged = OmegaConf.merge(merged, make())
+            merged = OmegaConf.merge(merged, _moved(make(), source))
         return OmegaConf.to_object(merged)
     except ConfigKeyError as err:
         key = getattr(err, "full_key", None) or str(err).split("'")[1]
@@ -101,6 +109,20 @@ def _merge(merged: DictConfig, layers: list[Layer]) -> Config:
         meaning = key_help(str(key)) if key else ""         # a wrong type: say what the key is
         gloss = f" ({key}: {meaning})" if meaning else ""
         raise ConfigError(f"{f'config key {key!r}' if key else source}: {reason}{gloss}") from None
+
+
+def _moved(layer: Any, source: str) -> Any:
+    """`layer` with each key of MOVED_KEYS it holds under its new name."""
+    for old, new in MOVED_KEYS.items():
+        section, _, leaf = old.rpartition(".")
+        node = OmegaConf.select(layer, section) if isinstance(layer, DictConfig) else None
+        if not isinstance(node, DictConfig) or leaf not in node:
+            continue
+        if OmegaConf.select(layer, new) is not None:
+            raise ConfigError(f"{source}: {old} is the old name of {new}; give only the latter")
+        OmegaConf.update(layer, new, node.pop(leaf), force_add=True)
+        log.warning("%s: %s is now %s (read as that)", source, old, new)
+    return layer
 
 
 def _load_yaml(path: Path) -> Any:
@@ -116,4 +138,4 @@ def to_yaml(cfg: Config) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
 
 
-__all__ = ["Layer", "derive", "dotlist_layers", "file_layer", "merge", "to_yaml"]
+__all__ = ["Layer", "MOVED_KEYS", "derive", "dotlist_layers", "file_layer", "merge", "to_yaml"]

@@ -1,12 +1,15 @@
 """Loading configs: defaults, a YAML file and `key=value` overrides merged into a validated,
 resolved `Config` (`vldistill.config_merge`), whose registered names are then looked up in
-the registries (datasets, towers, similarities, losses, matchers, augmentations, methods).
+the registries (datasets, towers, similarities, losses, matchers, augmentations, methods), and
+whose option blocks (`model.image_tower_args.NAME`, ...) are checked by the components they
+belong to (`vldistill.options`).
 
 The registries are filled by importing the modules that register into them, which is why
 the name checks live here and not in the schema (`vldistill.config` imports no torch).
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +23,17 @@ from .losses import LOSSES
 from .matching import MATCHERS
 from .methods import METHODS
 from .models import IMAGE_TOWERS, TEXT_TOWERS
-from .registry import Registry
+from .options import option_help
+from .registry import Registry, tower_family
 from .similarity import SIMILARITIES
 
 RENAMED_METHODS = {"baseline": "lors-identity"}     # old name -> new name, refused with a hint
+
+# each options block of the config (a mapping NAME -> that component's options) and its registry
+OPTION_BLOCKS: dict[str, Registry[Any]] = {
+    "data.dataset_args": DATASETS, "model.image_tower_args": IMAGE_TOWERS,
+    "model.text_tower_args": TEXT_TOWERS, "distill.sim_args": SIMILARITIES,
+    "distill.matching_args": MATCHERS, "eval.method_args": METHODS}
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -45,8 +55,9 @@ def config_from_dict(values: dict, source: str, overrides: list[str] | None = No
 
 
 def check_names(cfg: Config) -> Config:
-    """`cfg`, once every name it chooses is registered (a tower's `PREFIX` in `PREFIX:ARG`);
-    otherwise a one-line ConfigError listing the known names."""
+    """`cfg`, once every name it chooses is registered (a tower's `PREFIX` in `PREFIX:ARG`) and
+    every options block is accepted by its component, with the used components' options filled
+    in; otherwise a one-line ConfigError listing the known names or options."""
     _registered("data.name", cfg.data.name, DATASETS)
     _registered("model.image_tower", cfg.model.image_tower, IMAGE_TOWERS, tower=True)
     _registered("model.text_tower", cfg.model.text_tower, TEXT_TOWERS, tower=True)
@@ -61,7 +72,58 @@ def check_names(cfg: Config) -> Config:
         _check_methods(tower.methods or [], "eval.towers.*.methods")
     _registered("eval.augment", cfg.eval.augment, AUGMENTATIONS)
     _check_methods(cfg.eval.methods, "eval.methods")
+    return _checked_options(cfg)
+
+
+def _in_use(cfg: Config) -> dict[str, list[str]]:
+    """The components `cfg` uses, by options block (eval towers and their methods included)."""
+    towers = [t.image_tower or key for key, t in cfg.eval.towers.items()]
+    methods = [*cfg.eval.methods, *(m for t in cfg.eval.towers.values() for m in t.methods or [])]
+    return {"data.dataset_args": [cfg.data.name],
+            "model.image_tower_args": [tower_family(t) for t in (cfg.model.image_tower, *towers)],
+            "model.text_tower_args": [tower_family(cfg.model.text_tower)],
+            "distill.sim_args": [cfg.distill.sim_kind], "distill.matching_args": [cfg.distill.matching],
+            "eval.method_args": methods}
+
+
+def _block(cfg: Config, key: str) -> dict:
+    section, _, name = key.partition(".")
+    return getattr(getattr(cfg, section), name)
+
+
+def _checked_options(cfg: Config) -> Config:
+    """`cfg` with every options block checked by its component, and the blocks of the components
+    it uses filled in with their defaults (config.yaml and `vldistill config` show them)."""
+    used = _in_use(cfg)
+    for key, registry in OPTION_BLOCKS.items():
+        given = _block(cfg, key)
+        checked = {}
+        for name in dict.fromkeys([*given, *used[key]]):
+            _registered(key, name, registry)
+            values = registry.options(name, given.get(name), f"{key}.{name}")
+            if values or name in given:
+                checked[name] = values
+        section, _, field = key.partition(".")
+        cfg = replace(cfg, **{section: replace(getattr(cfg, section), **{field: checked})})
+    for key, tower in cfg.eval.towers.items():
+        family = tower_family(tower.image_tower or key)
+        IMAGE_TOWERS.options(family, cfg.model.image_tower_args.get(family, {}) | tower.image_tower_args,
+                             f"eval.towers.{key}.image_tower_args")
     return cfg
+
+
+def option_notes(cfg: Config) -> dict[str, str]:
+    """{dotted key: help} of every option in `cfg`'s options blocks (`vldistill config` prints them)."""
+    notes = {}
+    for key, registry in OPTION_BLOCKS.items():
+        for name in _block(cfg, key):
+            notes[f"{key}.{name}"] = f"the options of {registry.kind} {name!r}"
+            for option, text in option_help(registry.options_class(name)).items():
+                notes[f"{key}.{name}.{option}"] = text
+    for key, tower in cfg.eval.towers.items():
+        for option, text in option_help(IMAGE_TOWERS.options_class(tower_family(tower.image_tower or key))).items():
+            notes[f"eval.towers.{key}.image_tower_args.{option}"] = text
+    return notes
 
 
 def _registered(key: str, value: str, registry: Registry[Any], tower: bool = False) -> None:
@@ -77,4 +139,5 @@ def _check_methods(methods: list[str], key: str) -> None:
         _registered(key, m, METHODS)
 
 
-__all__ = ["RENAMED_METHODS", "check_names", "config_from_dict", "load_config", "with_overrides"]
+__all__ = ["OPTION_BLOCKS", "RENAMED_METHODS", "check_names", "config_from_dict", "load_config",
+           "option_notes", "with_overrides"]

@@ -38,7 +38,7 @@ from .io import append_jsonl, remove_leftover_temps
 from .matching import MATCHERS, MatchOptions, sample_batches
 from .memory import check_distill_fits
 from .models.student import FunctionalStudent, build_student
-from .similarity import build_similarity
+from .similarity import configured_similarity
 from .synset import DistilledSet
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ class Distiller:
         self.images = images.to(device).requires_grad_(True)
         self.texts = texts.to(device).requires_grad_(True)
         with seeds.seeded(seeds.derive_seed(cfg.seed, "similarity")):
-            self.similarity = build_similarity(d.sim_kind, d.n_pairs, d.rank, d.alpha).to(device)
+            self.similarity = configured_similarity(d).to(device)
         init_lr = math.log(d.lr_teacher) if d.lr_param == "log" else d.lr_teacher
         self.lr_raw = torch.full((2,), init_lr, device=device, requires_grad=d.learn_lr)
         groups = [{"params": [self.images], "lr": d.lr_img, "momentum": d.momentum_syn},
@@ -112,6 +112,8 @@ class Distiller:
         self.optimizer = torch.optim.SGD(groups, lr=d.lr_img)
         self.student = FunctionalStudent(student.to(device), d.logit_scale, d.blend_alpha)
         self.options = MatchOptions(d.loss, d.loss_eps, d.merge_branches, d.lr_grad)
+        self.matcher_options = MATCHERS.options(d.matching, d.matching_args.get(d.matching),
+                                                f"distill.matching_args.{d.matching}")
         self.ema = [t.detach().clone() for t in self._exported()] if d.ema_decay > 0 else None
         self.iteration, self.bad_in_a_row, self.skipped = 0, 0, 0
         self.best = BestSoFar()
@@ -154,7 +156,8 @@ class Distiller:
         result = MATCHERS.get(d.matching)(self.student, self.images, self.texts, self.similarity, lr_img, lr_txt,
                                           (begin.image.to(self.device), begin.text.to(self.device)),
                                           (end.image.to(self.device), end.text.to(self.device)),
-                                          [b.to(self.device) for b in batches], self.options, step_seeds)
+                                          [b.to(self.device) for b in batches], self.options, step_seeds,
+                                          **self.matcher_options)
         self._set_lr_grad(result.grad_lr_img, result.grad_lr_txt)
         finite = math.isfinite(result.loss) and all(
             bool(torch.isfinite(p.grad).all()) for g in self.optimizer.param_groups
@@ -245,6 +248,7 @@ class Distiller:
                 "text_dim": int(self.texts.shape[1]),
                 "rank": d.rank if self.sim_kind == "lowrank" else None, "learn_lr": d.learn_lr,
                 "lr_param": d.lr_param, "ema": d.ema_decay > 0,
+                "sim_options": self.similarity.options or None,
                 "dataset_fingerprint": self.manifest.get("dataset_fingerprint")}
 
     @torch.no_grad()
@@ -253,7 +257,7 @@ class Distiller:
         values = values if values is not None else self.current_values()
         images, texts, *sim_values, lr_raw = [v.clone().cpu() for v in values]
         with seeds.seeded(0):           # (its random initialization is overwritten just below)
-            sim = build_similarity(self.sim_kind, self.d.n_pairs, self.d.rank, self.d.alpha)
+            sim = configured_similarity(self.d)
         for param, value in zip(sim.parameters(), sim_values):
             param.copy_(value)
         lrs = lr_raw.exp() if self.d.lr_param == "log" else lr_raw

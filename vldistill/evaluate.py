@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -30,6 +30,7 @@ from .data import PreparedData
 from .errors import MissingFileError, UserError
 from .models.pretrained import IMAGENET
 from .models.student import DualEncoder, build_student
+from .registry import tower_family
 from .repblend import real_data_for, set_inputs
 from .seeds import derive_seed, seeded
 from .synset import DistilledSet
@@ -56,6 +57,7 @@ class EvalTower:
 
     label: str                      # key in results.json (the registry name unless renamed)
     image_tower: str
+    image_tower_args: dict = field(default_factory=dict)    # its family's options
     pretrained_path: str | None
     lr: float | None                # None: the set's own lrs (lr_policy authors, or tuned before its pick)
     full_lr: float
@@ -79,7 +81,8 @@ class EvalTower:
 
     def build(self, cfg: Config, data: PreparedData, seed: int) -> DualEncoder:
         model_cfg = replace(cfg.model, image_tower=self.image_tower, pretrained_path=self.pretrained_path,
-                            frozen_backbone=self.frozen_backbone)
+                            frozen_backbone=self.frozen_backbone,
+                            image_tower_args={tower_family(self.image_tower): self.image_tower_args})
         return build_student(model_cfg, data.dataset.image_size, data.text_dim, seed=seed)
 
 
@@ -105,7 +108,9 @@ def eval_towers(cfg: Config) -> list[EvalTower]:
     e = cfg.eval
     full_lr = e.full_lr if e.full_lr is not None else cfg.buffer.lr_teacher
     policy, lr = lr_policy_of(cfg)
+    options = cfg.model.image_tower_args
     towers = [EvalTower(label=cfg.model.image_tower, image_tower=cfg.model.image_tower,
+                        image_tower_args=options.get(tower_family(cfg.model.image_tower), {}),
                         pretrained_path=cfg.model.pretrained_path, lr=lr, full_lr=full_lr,
                         epochs=e.epochs, lr_drop_epoch=e.lr_drop_epoch, full_epochs=e.full_epochs,
                         batch_size=e.batch_size, augment=e.augment, methods=tuple(e.methods),
@@ -123,8 +128,10 @@ def eval_towers(cfg: Config) -> list[EvalTower]:
             return default if value is None else value
         epochs = pick(t.epochs, e.epochs)           # the lr drop keeps its place in the schedule
         tower_policy, tower_lr = lr_policy_of(cfg, t.lr)
+        name = t.image_tower or key
         towers.append(EvalTower(
-            label=key, image_tower=t.image_tower or key, pretrained_path=t.pretrained_path,
+            label=key, image_tower=name, image_tower_args=options.get(tower_family(name), {}) | t.image_tower_args,
+            pretrained_path=t.pretrained_path,
             lr=tower_lr, full_lr=pick(t.full_lr, full_lr), epochs=epochs,
             lr_drop_epoch=round(epochs * e.lr_drop_epoch / e.epochs),
             full_epochs=pick(t.full_epochs, e.full_epochs), batch_size=pick(t.batch_size, e.batch_size),

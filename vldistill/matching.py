@@ -25,7 +25,7 @@ passes, so pass 2 differentiates exactly the g_t that pass 1 summed into G.
 
 `unroll_match` is the form VL-distill uses: the whole graph of the T steps is kept and
 differentiated without stop-gradient (memory grows with T). Both are registered in `MATCHERS`
-(`distill.matching`).
+(`distill.matching`), where another algorithm registers with its own options.
 """
 from __future__ import annotations
 
@@ -226,10 +226,15 @@ def unroll_match(student: FunctionalStudent, images: torch.Tensor, texts: torch.
     return MatchResult(loss_img + loss_txt, loss_img, loss_txt, float(grad_lr_img), float(grad_lr_txt))
 
 
+# `distill.matching: NAME`: fn(student, images, texts, similarity, lr_img, lr_txt, start, target,
+# batches, options, step_seeds, **own) -> MatchResult, as `tesla_match`; one registered with an
+# options dataclass gets its own settings (distill.matching_args.NAME) as **own. info:
+# stop_gradient=True / False: its gradients are autograd's through the naive unroll with / without
+# stop-gradient on the student (the registry-driven tests check that against the unroll)
 Matcher = Callable[..., MatchResult]
-MATCHERS: Registry[Matcher] = Registry("matching")           # distill.matching: NAME
-MATCHERS.add("tesla", tesla_match)
-MATCHERS.add("unroll", unroll_match)
+MATCHERS: Registry[Matcher] = Registry("matching")
+MATCHERS.add("tesla", tesla_match, stop_gradient=True)
+MATCHERS.add("unroll", unroll_match, stop_gradient=False)
 
 
 def _accumulate(leaf: torch.Tensor, idx: torch.Tensor, grad: torch.Tensor | None) -> None:

@@ -134,11 +134,11 @@ def check_distill_fits(cfg: "Config", image_size: int, text_dim: int,
     device: no memory) and refuse it when it cannot fit; None when no estimate can be made."""
     d = cfg.distill
     from .models.student import build_student
-    from .similarity import build_similarity
+    from .similarity import configured_similarity
     try:
         with torch.device("meta"):
             model = build_student(dataclasses.replace(cfg.model, pretrained_path=None), image_size, text_dim)
-            sim_params = sum(p.numel() for p in build_similarity(d.sim_kind, d.n_pairs, d.rank, d.alpha).parameters())
+            sim_params = sum(p.numel() for p in configured_similarity(d).parameters())
         estimate = estimate_distill_memory(model, d.n_pairs, d.mini_batch, image_size, text_dim,
                                            sim_params, ema=d.ema_decay > 0,
                                            kept_steps=d.syn_steps if d.matching == "unroll" else 1)

@@ -12,6 +12,10 @@ Two kinds, each one registered function:
   distill stage makes one set per distilled method under its settings; its evaluation trains
   students on that set (Algorithm 2, `train_on_set`).
 
+Either kind may register an options dataclass (`options=`): its block `eval.method_args.NAME`
+is checked by it and arrives as keyword arguments, `fn(cfg, **options)` or
+`fn(ctx, tower, seed, **options)`.
+
 Every method trains `eval.num_eval` students (one per seed) on each evaluation tower, and
 `summarize` turns them into the mean ± std that results.json holds.
 """
@@ -64,8 +68,8 @@ class EvalContext:
         return counts.pop() if counts else self.cfg.distill.n_pairs
 
 
-SeedFn = Callable[[EvalContext, EvalTower, int], SeedResult]      # (context, tower, seed)
-ConfigFn = Callable[[Config], Config]                            # run config -> the method's
+SeedFn = Callable[..., SeedResult]      # (context, tower, seed, **options)
+ConfigFn = Callable[..., Config]        # (run config, **options) -> the method's
 
 
 @dataclass(frozen=True)
@@ -86,23 +90,31 @@ class Method:
 METHODS: Registry[Method] = Registry("method")
 
 
-def register_method(name: str, trains_on_set: bool = True) -> Callable[[SeedFn], SeedFn]:
-    """Decorator: `fn(ctx, tower, seed) -> SeedResult` becomes the baseline `eval.methods: [NAME]`
-    (`trains_on_set=False` for one whose students train on something else, like `full`)."""
+def register_method(name: str, trains_on_set: bool = True, *,
+                    options: type | None = None) -> Callable[[SeedFn], SeedFn]:
+    """Decorator: `fn(ctx, tower, seed, **options) -> SeedResult` becomes the baseline
+    `eval.methods: [NAME]` (`trains_on_set=False` for one whose students train on something
+    else, like `full`; `options`: the dataclass of its eval.method_args.NAME block)."""
     def wrap(fn: SeedFn) -> SeedFn:
-        METHODS.add(name, Method(name, fn, trains_on_set=trains_on_set))
+        METHODS.add(name, Method(name, fn, trains_on_set=trains_on_set), options=options)
         return fn
     return wrap
 
 
-def register_distilled(name: str) -> Callable[[ConfigFn], ConfigFn]:
-    """Decorator: `fn(cfg) -> Config` makes NAME a distilled method whose set is distilled and
-    evaluated under `fn(cfg)` (e.g. `configio.with_overrides(cfg, ["distill.loss=kl"])`;
-    the built-in methods use `config_merge.derive`, which does not look names up)."""
+def register_distilled(name: str, *, options: type | None = None) -> Callable[[ConfigFn], ConfigFn]:
+    """Decorator: `fn(cfg, **options) -> Config` makes NAME a distilled method whose set is
+    distilled and evaluated under `fn(cfg)` (e.g. `configio.with_overrides(cfg,
+    ["distill.loss=kl"])`; the built-in methods use `config_merge.derive`, which does not look
+    names up); `options`: the dataclass of its eval.method_args.NAME block."""
     def wrap(fn: ConfigFn) -> ConfigFn:
-        METHODS.add(name, Method(name, partial(_train_on_own_set, name), fn))
+        METHODS.add(name, Method(name, partial(_train_on_own_set, name), fn), options=options)
         return fn
     return wrap
+
+
+def method_options(cfg: Config, name: str) -> dict:
+    """`name`'s own options (eval.method_args.NAME), checked, with their defaults."""
+    return METHODS.options(name, cfg.eval.method_args.get(name), f"eval.method_args.{name}")
 
 
 def distilled_methods(names: list[str] | None = None) -> list[str]:
@@ -113,7 +125,7 @@ def distilled_methods(names: list[str] | None = None) -> list[str]:
 def method_config(cfg: Config, name: str) -> Config:
     """The settings `name`'s set is distilled and evaluated with (the run's own for baselines)."""
     method = METHODS.get(name)
-    return method.configure(cfg) if method.distilled else cfg
+    return method.configure(cfg, **method_options(cfg, name)) if method.distilled else cfg
 
 
 def _train_on_own_set(name: str, ctx: EvalContext, tower: EvalTower, seed: int) -> SeedResult:
@@ -228,6 +240,7 @@ def evaluate_method(ctx: EvalContext, name: str, tower_label: str | None = None,
     tower = towers[tower_label] if tower_label is not None else next(iter(towers.values()))
     seeds = [derive_seed(cfg.seed, "eval", s) for s in range(cfg.eval.num_eval)]
     method = METHODS.get(name)
+    own = {} if method.distilled else method_options(cfg, name)     # a distilled one's made its set
     context = replace(ctx, cfg=cfg)
     done: dict[tuple[float | None, int], SeedResult] = {}
 
@@ -238,7 +251,7 @@ def evaluate_method(ctx: EvalContext, name: str, tower_label: str | None = None,
                if ctx.seed_log else "")
         result = ctx.seed_log.get(key, seed) if ctx.seed_log else None
         if result is None:
-            result = method.evaluate_seed(context, tower, seed)
+            result = method.evaluate_seed(context, tower, seed, **own)
             if ctx.seed_log:
                 ctx.seed_log.add(key, seed, result)
         done[tower.lr, seed] = result
@@ -250,8 +263,8 @@ def evaluate_method(ctx: EvalContext, name: str, tower_label: str | None = None,
     elif tower.lr_policy == "tuned":
         tower, lr_record = _tuned(cfg, tower, partial(run_seed, seed=seeds[0]))
     else:
-        own = "own" if method.distilled else cfg.buffer.lr_teacher     # authors: real pairs get lr_teacher
-        lr_record = {"lr_policy": tower.lr_policy, "lr": tower.lr if tower.lr is not None else own}
+        authors_lr = "own" if method.distilled else cfg.buffer.lr_teacher   # real pairs: lr_teacher
+        lr_record = {"lr_policy": tower.lr_policy, "lr": tower.lr if tower.lr is not None else authors_lr}
     results = distributed.sharded_map(partial(run_seed, tower), seeds,      # torchrun: seeds shared out
                                       progress=f"eval {name} on {tower.label}")
     summary = summarize(results, cfg.eval.selection, seeds, cfg.eval.std, lr_record | {"kind": kind})
@@ -295,4 +308,5 @@ register_distilled("repblend-noblend")(repblend_noblend)
 
 
 __all__ = ["EvalContext", "METHODS", "Method", "distilled_methods", "evaluate_all",
-           "evaluate_method", "method_config", "register_distilled", "register_method", "summarize"]
+           "evaluate_method", "method_config", "method_options", "register_distilled", "register_method",
+           "summarize"]

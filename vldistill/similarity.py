@@ -10,16 +10,22 @@
 tensors a batch touches) and `.matrix(indices)` (the (b, b) block; the whole matrix when
 indices is None). Gradients of `matrix(I)` reach only the rows of I.
 
-Add a kind with `@SIMILARITIES.register("name")` on `fn(n, rank, alpha) -> Similarity`.
+Add a kind with `@SIMILARITIES.register("name")` on `fn(n, rank, alpha) -> Similarity`; one
+with settings of its own registers their dataclass (`register("name", options=MyOptions)`):
+they come from `distill.sim_args.name` as keyword arguments, `fn(n, rank, alpha, **options)`,
+and the set's card records them so the set loads back.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import nn
 
 from .registry import Registry
+
+if TYPE_CHECKING:
+    from .config import DistillConfig
 
 
 class Similarity(nn.Module):
@@ -28,6 +34,7 @@ class Similarity(nn.Module):
     def __init__(self, n: int):
         super().__init__()
         self.n = n
+        self.options: dict[str, Any] = {}      # its registered options, as built (set cards record them)
 
     def params(self, indices: torch.Tensor | None = None) -> list[torch.Tensor]:
         raise NotImplementedError
@@ -99,20 +106,31 @@ class IdentitySimilarity(Similarity):
         return torch.eye(b)
 
 
-SIMILARITIES: Registry[Callable[[int, int, float], Similarity]] = Registry("similarity")
+SIMILARITIES: Registry[Callable[..., Similarity]] = Registry("similarity")
 SIMILARITIES.add("lowrank", lambda n, rank, alpha: LowRankSimilarity(n, rank, alpha))
 SIMILARITIES.add("full", lambda n, rank, alpha: FullSimilarity(n))
 SIMILARITIES.add("identity", lambda n, rank, alpha: IdentitySimilarity(n))
 
 
-def build_similarity(kind: str, n: int, rank: int = 10, alpha: float = 1.0) -> Similarity:
-    """A similarity over n synthetic pairs: `lowrank` (rank, alpha), `full` or `identity`."""
-    return SIMILARITIES.get(kind)(n, rank, alpha)
+def build_similarity(kind: str, n: int, rank: int = 10, alpha: float = 1.0, **options) -> Similarity:
+    """A similarity over n synthetic pairs: `lowrank` (rank, alpha), `full` or `identity`, or any
+    registered kind with its own options (checked, defaults filled in)."""
+    build = SIMILARITIES.get(kind)
+    values = SIMILARITIES.options(kind, options, f"distill.sim_args.{kind}")
+    sim = build(n, rank, alpha, **values)
+    sim.options = values
+    return sim
+
+
+def configured_similarity(d: "DistillConfig") -> Similarity:
+    """The similarity distill.* asks for: sim_kind over n_pairs, with rank and alpha, and the
+    kind's own options (distill.sim_args.KIND)."""
+    return build_similarity(d.sim_kind, d.n_pairs, d.rank, d.alpha, **d.sim_args.get(d.sim_kind, {}))
 
 
 def similarity_from_state(kind: str, n: int, state: dict[str, torch.Tensor], rank: int = 10,
-                          alpha: float = 1.0) -> Similarity:
+                          alpha: float = 1.0, **options) -> Similarity:
     """Rebuild a similarity over n pairs from its saved parameters (`state_dict` names)."""
-    sim = build_similarity(kind, n, rank=rank, alpha=alpha)
+    sim = build_similarity(kind, n, rank=rank, alpha=alpha, **options)
     sim.load_state_dict(state)
     return sim

@@ -61,7 +61,8 @@ class DistilledSet:
 
     def _similarity_spec(self) -> dict:
         sim = self.similarity
-        return {"kind": sim.kind, "rank": getattr(sim, "rank", None), "alpha": getattr(sim, "alpha", None)}
+        own = {"options": sim.options} if sim.options else {}
+        return {"kind": sim.kind, "rank": getattr(sim, "rank", None), "alpha": getattr(sim, "alpha", None)} | own
 
     def check_fits(self, data: "PreparedData") -> None:
         """Refuse to train on data the set cannot mean anything for: its text embeddings live
@@ -97,7 +98,8 @@ class DistilledSet:
         spec = card.get("similarity", {"kind": "identity"})
         state = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("similarity.")}
         similarity = similarity_from_state(spec["kind"], len(tensors["images"]), state,
-                                           rank=spec.get("rank") or 1, alpha=spec.get("alpha") or 1.0)
+                                           rank=spec.get("rank") or 1, alpha=spec.get("alpha") or 1.0,
+                                           **spec.get("options", {}))
         return cls(tensors["images"], tensors["text_embeddings"], similarity,
                    float(tensors["lr_img"]), float(tensors["lr_txt"]), card)
 

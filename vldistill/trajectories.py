@@ -22,7 +22,9 @@ from safetensors import SafetensorError, safe_open
 from . import __version__
 from .errors import MissingFileError, UserError
 from .io import read_json, write_json, write_tensors
+from .models.image_towers import IMAGE_TOWERS
 from .models.student import DualEncoder, FunctionalStudent
+from .registry import tower_family
 
 if TYPE_CHECKING:
     from .config import Config
@@ -33,6 +35,8 @@ log = logging.getLogger(__name__)
 STORE_FORMAT = 1
 _BEFORE_RECORDED = {"pretrained": None, "batchnorm": "batch",   # what stores made before these keys mean
                     "frozen_backbone": False}
+# recorded since, and not known for stores made before: their image_params pin the tower's shapes
+_UNKNOWN_BEFORE = {"image_tower_args"}
 
 
 @dataclass
@@ -95,6 +99,8 @@ class TrajectoryStore:
         """Refuse a store made with other towers, layout or data; name the field that differs."""
         manifest = self.manifest()
         for key, value in expected.items():
+            if key in _UNKNOWN_BEFORE and key not in manifest:
+                continue
             if manifest.get(key, _BEFORE_RECORDED.get(key)) != value:
                 raise UserError(f"trajectory store {str(self.dir)!r} was made with {key}="
                                 f"{_short(manifest.get(key))}, this run has {key}={_short(value)}: "
@@ -132,11 +138,12 @@ def _short(value) -> str:
 def store_manifest(cfg: "Config", data: "PreparedData", student: DualEncoder) -> dict:
     """What a trajectory store must agree with for distillation to use it."""
     fs = FunctionalStudent(student)
+    family = tower_family(cfg.model.image_tower)
     return {
         "format": STORE_FORMAT,
         "image_tower": cfg.model.image_tower,
-        "convnet": [cfg.model.convnet_width, cfg.model.convnet_depth]
-        if cfg.model.image_tower == "convnet" else None,
+        "image_tower_args": IMAGE_TOWERS.options(family, cfg.model.image_tower_args.get(family),
+                                                 f"model.image_tower_args.{family}"),
         "text_tower": cfg.model.text_tower,
         "text_dim": data.text_dim,
         "image_size": data.dataset.image_size,

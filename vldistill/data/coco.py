@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any, TYPE_CHECKING
 
 from ..errors import UserError
+from ..io import write_json
+from .examples import example_captions, write_images
 from .registry import DATASETS
 from .records import SPLITS, ImageCaptions, annotation_path, build_caption_dataset, image_root
 from .splits import CaptionDataset
@@ -75,7 +77,21 @@ def coco_groups(coco, ids: list[int] | None, folder: str, source: str) -> list[I
             for i in ids]
 
 
-@DATASETS.register("coco")
+def tiny_coco(folder: Path) -> list[str]:
+    """A COCO caption file of 5 images in `folder` (ids 1-3 train, 4 val, 5 test)."""
+    ids = range(1, 6)
+    names = write_images(folder / "coco" / "train2014", [f"COCO_train2014_{i:012d}.jpg" for i in ids])
+    captions = iter(example_captions(10))
+    write_json(folder / "ann" / "captions_train2014.json", {
+        "images": [{"id": i, "file_name": name} for i, name in zip(ids, names)],
+        "annotations": [{"id": 10 * i + k, "image_id": i, "caption": next(captions)}
+                        for i in ids for k in range(1 + i % 2)]})
+    return ["data.name=coco", f"data.image_root={folder / 'coco'}", f"data.ann_root={folder / 'ann'}",
+            "data.train_json=captions_train2014.json", "data.train_ids=[1,2,3]", "data.val_ids=[4]",
+            "data.test_ids=[5]"]
+
+
+@DATASETS.register("coco", example=tiny_coco)
 def build_coco(data_cfg: "DataConfig", cache_dir: Path) -> CaptionDataset:
     """Three splits of COCO caption files, each restricted to its image ids."""
     root = image_root(data_cfg)

@@ -11,10 +11,12 @@ rows of the same image are grouped. Give `data.train_json` alone and `data.val_f
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import UserError
+from .examples import example_captions, write_images
 from .karpathy import read_karpathy_json
 from .records import ImageCaptions, annotation_path, build_caption_dataset, image_root, three_splits
 from .registry import DATASETS
@@ -55,7 +57,15 @@ def given_splits(data_cfg: "DataConfig", read, base: str | None = None) -> dict[
                         data_cfg)
 
 
-@DATASETS.register("folder")
+def tiny_folder(folder: Path) -> list[str]:
+    """Six images and one JSON Lines caption file in `folder` (val and test held out of it)."""
+    names = write_images(folder, [f"p{i}.png" for i in range(6)])
+    (folder / "c.jsonl").write_text("".join(json.dumps({"image": name, "caption": caption}) + "\n"
+                                            for name, caption in zip(names, example_captions(6))))
+    return ["data.name=folder", f"data.image_root={folder}", "data.train_json=c.jsonl"]
+
+
+@DATASETS.register("folder", example=tiny_folder)
 def build_folder(data_cfg: "DataConfig", cache_dir: Path) -> CaptionDataset:
     """A user's captioned images: one caption file (held-out val/test) or one per split."""
     root = image_root(data_cfg)

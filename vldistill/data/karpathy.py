@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import UserError
+from ..io import write_json
+from .examples import example_captions, write_images
 from .registry import DATASETS
 from .records import SPLITS, ImageCaptions, annotation_path, build_caption_dataset, group_by_image, image_root
 from .splits import CaptionDataset
@@ -36,7 +38,22 @@ def read_karpathy_json(path: Path) -> list[ImageCaptions]:
     return group_by_image(pairs, str(path))
 
 
-@DATASETS.register("karpathy")
+def tiny_karpathy(folder: Path) -> list[str]:
+    """Three Karpathy files of 3 / 2 / 2 images with one or two captions each, in `folder`."""
+    captions = iter(example_captions(16))
+    for s, (split, n) in enumerate({"train": 3, "val": 2, "test": 2}.items()):
+        names = write_images(folder / "images", [f"{split}/{i}.{'png' if i % 2 else 'jpg'}" for i in range(n)],
+                             first_seed=10 * s)
+        groups = [(name, [next(captions) for _ in range(1 + i % 2)]) for i, name in enumerate(names)]
+        entries = ([{"image": name, "caption": c, "image_id": i} for i, (name, caps) in enumerate(groups)
+                    for c in caps] if split == "train" else
+                   [{"image": name, "caption": caps} for name, caps in groups])
+        write_json(folder / "ann" / f"{split}.json", entries)
+    return ["data.name=karpathy", f"data.image_root={folder / 'images'}", f"data.ann_root={folder / 'ann'}",
+            "data.train_json=train.json", "data.val_json=val.json", "data.test_json=test.json"]
+
+
+@DATASETS.register("karpathy", example=tiny_karpathy)
 def build_karpathy(data_cfg: "DataConfig", cache_dir: Path) -> CaptionDataset:
     """The three Karpathy files of data.ann_root over the images of data.image_root."""
     root = image_root(data_cfg)

