@@ -275,8 +275,8 @@ def main(argv: list[str] | None = None) -> int:
                             "launch only `buffer` and `eval` with torchrun")
         with terminate_as_interrupt():
             command.run(args)
-    except UserError as err:
-        print(f"vldistill: error: {err}", file=sys.stderr)
+    except UserError as err:               # (several problems: one line each)
+        print("\n".join(f"vldistill: error: {line}" for line in str(err).splitlines()), file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:        # Ctrl-C, or SIGTERM / SIGUSR1 (interrupts.Interrupted)
         code = getattr(err, "exit_code", 130)

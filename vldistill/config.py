@@ -37,6 +37,7 @@ BATCHNORM_MODES = ("batch", "frozen")
 INITS = ("real", "noise", "herding", "kcenter")
 LR_POLICIES = ("fixed", "authors", "tuned")
 FIDELITY_MODES = ("reference", "vldistill")
+ACCEPTABLE_DATA_CHECKS = ("blank_captions", "duplicate_captions", "split_overlap")
 
 
 @dataclass
@@ -54,6 +55,10 @@ class DataConfig:
     max_words: int = doc(30, "captions are truncated to this many words")
     caption_cleaner: Optional[str] = doc(None, "mode: reference (keeps , and ?) | strict (drops them too)")
     no_aug: bool = doc(True, "turn off train-time augmentation of real images")
+    accept: list[str] = doc([], "data checks passed on purpose, each recorded in results.json: "
+                                "blank_captions (dropped) | duplicate_captions (a caption repeated "
+                                "within an image, kept) | split_overlap (an image in two splits, by "
+                                "path or by content, kept)")
     skip_bad_images: bool = doc(False, "skip (and count) unreadable images instead of failing")
     num_workers: int = doc(0, "DataLoader workers for real images")
     cache_images: Optional[bool] = doc(None, "mode: decode real images once into a uint8 tensor file "
@@ -79,6 +84,10 @@ class DataConfig:
     def __post_init__(self) -> None:
         _positive(self, "image_size", "max_words", "shapes_train", "shapes_val", "shapes_test")
         _choice(self, "caption_cleaner", ("reference", "strict"))
+        for check in self.accept:
+            if check not in ACCEPTABLE_DATA_CHECKS:
+                raise ConfigError(f"data.accept: unknown check {check!r}; one of "
+                                  f"{', '.join(ACCEPTABLE_DATA_CHECKS)}")
         if self.num_workers < 0:
             raise ConfigError("data.num_workers must be >= 0")
         _non_negative(self, "cache_max_gb", "val_fraction", "test_fraction")
@@ -430,6 +439,6 @@ def key_help(key: str) -> str:
     return ""
 
 
-__all__ = ["BATCHNORM_MODES", "Config", "ConfigError", "DataConfig", "DistillConfig", "EvalConfig",
+__all__ = ["ACCEPTABLE_DATA_CHECKS", "BATCHNORM_MODES", "Config", "ConfigError", "DataConfig", "DistillConfig", "EvalConfig",
            "EvalTowerConfig", "FIDELITY_MODES", "INITS", "LR_POLICIES", "RANK_RULE", "SweepConfig",
            "ModelConfig", "BufferConfig", "SELECTIONS", "doc", "key_help", "section_class"]

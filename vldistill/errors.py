@@ -6,6 +6,16 @@ class UserError(Exception):
     """Something in the user's config, paths or data is wrong; the message says what to fix."""
 
 
+class ProblemsError(UserError):
+    """Several independent problems, reported together: one line each (the CLI prints every line
+    as an error line); a single problem is just its line."""
+
+    def __init__(self, lines: list[str], what: str):
+        self.lines = lines
+        head = f"{len(lines)} problems {what}:\n" if len(lines) > 1 else ""
+        super().__init__(head + "\n".join(lines))
+
+
 class UnknownNameError(UserError, ValueError):
     """A registry name (tower, loss, similarity, dataset) that does not exist."""
 
@@ -24,3 +34,4 @@ class NonFiniteError(UserError):
     def __init__(self, message: str, record: dict | None = None):
         super().__init__(message)
         self.record = record
+

@@ -76,6 +76,8 @@ def stage_eval(run: Run, data: PreparedData, sets: dict[str, DistilledSet],
                              split_ceilings(data.dataset.test))
     external = set_paths is not None
     results["sets"] = {m: str(p) for m, p in (set_paths or {m: run.set_path(m) for m in sets}).items()}
+    if data.dataset.checks:             # data checks passed on purpose (data.accept)
+        results["data_accepted"] = data.dataset.checks
     path = run.dir / "results.json"
     if external and path.is_file():
         results = merge_results(read_json(path), results)

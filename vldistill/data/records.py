@@ -75,15 +75,15 @@ def image_root(data_cfg: "DataConfig") -> Path:
 
 def build_split(groups: list[ImageCaptions], root: Path, data_cfg: "DataConfig", cache_dir: Path,
                 split: str) -> CaptionSplit:
-    """Normalize captions, drop caption-less and (if allowed) unreadable images, map the rest."""
-    def clean(captions: list[str]) -> list[str]:
-        cleaned = (normalize_caption(c, data_cfg.max_words, data_cfg.caption_cleaner) for c in captions)
-        return [c for c in cleaned if c]
-    normalized = [(g.image, clean(g.captions)) for g in groups]
+    """Normalize captions, drop caption-less and (if allowed) unreadable images, map the rest.
+    A caption left blank by normalizing stays, for the data checks to refuse (or drop) by name."""
+    words = data_cfg.max_words
+    normalized = [(g.image, [normalize_caption(c, words, data_cfg.caption_cleaner) for c in g.captions])
+                  for g in groups]
     with_captions = [(image, caps) for image, caps in normalized if caps]
     if len(with_captions) < len(normalized):
         first = next(image for image, caps in normalized if not caps)
-        log.warning("%s split: %d images have no (non-empty) caption and are left out (first: %s)",
+        log.warning("%s split: %d images have no caption and are left out (first: %s)",
                     split, len(normalized) - len(with_captions), first)
     if not with_captions:
         raise UserError(f"the {split} split has no image with a caption")
@@ -95,7 +95,8 @@ def build_split(groups: list[ImageCaptions], root: Path, data_cfg: "DataConfig",
     captions = [c for _, caps in kept for c in caps]
     caption_image = torch.arange(len(kept)).repeat_interleave(
         torch.tensor([len(caps) for _, caps in kept]))
-    return CaptionSplit(loaded.source, captions, caption_image, [image for image, _ in kept])
+    return CaptionSplit(loaded.source, captions, caption_image, [image for image, _ in kept],
+                        files=[str(paths[i]) for i in loaded.kept])
 
 
 def build_caption_dataset(name: str, groups: dict[str, list[ImageCaptions]], root: Path, data_cfg: "DataConfig",

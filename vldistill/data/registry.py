@@ -17,6 +17,9 @@ DATASETS: Registry[Callable[["DataConfig", Path], CaptionDataset]] = Registry("d
 
 
 def build_dataset(data_cfg: "DataConfig", cache_dir: str | Path | None = None) -> CaptionDataset:
-    """The dataset `data_cfg.name` names, built from `data_cfg` (caches under `cache_dir`)."""
+    """The dataset `data_cfg.name` names, built from `data_cfg` (caches under `cache_dir`), once it
+    passes the data checks every format goes through (`vldistill.data.checks`)."""
+    from .checks import check_dataset
     from .text_cache import default_cache_dir
-    return DATASETS.get(data_cfg.name)(data_cfg, Path(cache_dir) if cache_dir else default_cache_dir())
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    return check_dataset(DATASETS.get(data_cfg.name)(data_cfg, cache_dir), data_cfg.accept, cache_dir)
