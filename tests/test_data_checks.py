@@ -43,6 +43,7 @@ def test_blank_captions_are_refused_naming_the_entries_and_the_count(tmp_path, c
     assert ("vldistill: error: data: train: 2 blank captions, first: train/train_001.png caption ''; "
             "train/train_002.jpg caption '' (fix the data, or data.accept=[blank_captions] to drop "
             "them on purpose)") in err, err
+    assert not (tmp_path / "run").exists()              # refused before the run directory is made
 
 
 def test_train_test_overlap_by_path_and_by_content_is_refused_then_accepted_and_recorded(tmp_path, capsys):

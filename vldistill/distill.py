@@ -37,6 +37,7 @@ from .interrupts import deferred_interrupts
 from .io import append_jsonl, remove_leftover_temps
 from .matching import MATCHERS, MatchOptions, sample_batches
 from .memory import check_distill_fits
+from .models.batchnorm import check_batchnorm
 from .models.student import FunctionalStudent, build_student
 from .similarity import build_similarity
 from .synset import DistilledSet
@@ -84,6 +85,7 @@ class Distiller:
         self.sim_kind = d.sim_kind
         # seeded from a forked generator: built once, it describes the store and is the student
         student = build_student(cfg.model, data.dataset.image_size, data.text_dim, seed=0)
+        check_batchnorm(student, data.dataset.image_size, data.text_dim, {"distill.mini_batch": d.mini_batch})
         self.manifest = store.check(store_manifest(cfg, data, student))
         warn_if_other_recipe(self.manifest, cfg, store.dir)
         stored = self.manifest.get("epochs", [])

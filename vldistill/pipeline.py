@@ -9,7 +9,7 @@ from pathlib import Path
 from . import distributed
 from .ceilings import split_ceilings
 from .config import Config
-from .data import PreparedData, prepare_data
+from .data import CaptionDataset, PreparedData, prepare_data
 from .distill import run_distill
 from .figures import read_metrics
 from .html_report import ReportInputs, write_report
@@ -113,9 +113,10 @@ def existing_sets(run: Run) -> dict[str, DistilledSet]:
             if run.set_path(m).with_suffix(".safetensors").is_file()}
 
 
-def run_all(run: Run) -> str:
-    """buffer -> distill -> evaluate -> report; returns the results table."""
-    data = prepare_data(run.cfg, str(run.device))
+def run_all(run: Run, dataset: CaptionDataset | None = None) -> str:
+    """buffer -> distill -> evaluate -> report (over `dataset` when the pre-flight built it);
+    returns the results table."""
+    data = prepare_data(run.cfg, str(run.device), dataset)
     stage_buffer(run, data)
     sets = stage_distill(run, data)
     stage_eval(run, data, sets)

@@ -70,11 +70,12 @@ class PreparedData:
         return images, self.text["train"][torch.tensor(captions)].clone(), captions
 
 
-def prepare_data(cfg: "Config", device: str = "cpu") -> PreparedData:
-    """Build the configured dataset and embed its captions (once; later runs read the cache)."""
+def prepare_data(cfg: "Config", device: str = "cpu", dataset: CaptionDataset | None = None) -> PreparedData:
+    """Build the configured dataset (or take the one `vldistill.preflight` built and checked) and
+    embed its captions (once; later runs read the cache)."""
     from ..models.text_towers import create_text_tower
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
-    dataset = build_dataset(cfg.data, cache_dir)
+    dataset = dataset if dataset is not None else build_dataset(cfg.data, cache_dir)
     tower = create_text_tower(cfg.model.text_tower, device)
     text = {name: embed_captions(tower, getattr(dataset, name).captions, cache_dir,
                                  cfg.model.text_batch_size)
