@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from .config import Config
-from .errors import UserError
+from .errors import UserError, os_error_message
 from .io import read_json
 
 
@@ -286,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
             command.run(args)
     except UserError as err:               # (several problems: one line each)
         print("\n".join(f"vldistill: error: {line}" for line in str(err).splitlines()), file=sys.stderr)
+        return 2
+    except OSError as err:                  # the filesystem's (a folder that is a file, no room)
+        print(f"vldistill: error: {os_error_message(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:        # Ctrl-C, or SIGTERM / SIGUSR1 (interrupts.Interrupted)
         code = getattr(err, "exit_code", 130)
