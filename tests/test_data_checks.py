@@ -8,13 +8,15 @@ import shutil
 
 import pytest
 import torch
-from fixtures_real import karpathy_overrides, write_karpathy
-from reliability_helpers import TINY, run_cli
+from fixtures_real import KARPATHY, karpathy_overrides, write_karpathy
+from reliability_helpers import REPO, TINY, run_cli
 
 from vldistill.configio import load_config
 from vldistill.data import DATASETS, CaptionDataset, CaptionSplit, TensorImages, build_dataset
 from vldistill.data import checks as checks_module
 from vldistill.data.checks import DataCheckError, file_digests, find_problems
+from vldistill.data.karpathy import read_karpathy_json
+from vldistill.data.splits import normalize_caption
 from vldistill.data.shapes import build_shapes
 
 
@@ -132,3 +134,20 @@ def test_file_digests_are_the_bytes_hash_computed_once_per_file_version(tmp_path
     assert file_digests([str(f) for f in files], tmp_path / "cache") == first and opened == []
     files[1].write_bytes(b"changed")
     assert file_digests([str(f) for f in files], tmp_path / "cache")[1] != first[1] and len(opened) == 3
+
+
+@pytest.mark.skipif(not KARPATHY.is_dir(), reason="needs ../shared/data/karpathy")
+@pytest.mark.parametrize("name, images", [("coco_karpathy_test", 11), ("coco_karpathy_val", 7),
+                                          ("flickr30k_test", 1), ("flickr30k_val", 0)])
+def test_the_published_splits_repeat_captions_and_the_paper_configs_accept_it(name, images):
+    """The Karpathy files themselves repeat a caption within a few images: the check finds exactly
+    those, and every paper config says it keeps them (data.accept), as the benchmark has them."""
+    groups = read_karpathy_json(KARPATHY / f"{name}.json")
+    captions = [normalize_caption(c, 30, "reference") for g in groups for c in g.captions]
+    owners = torch.arange(len(groups)).repeat_interleave(torch.tensor([len(g.captions) for g in groups]))
+    split = CaptionSplit(TensorImages(torch.zeros(len(groups), 3, 1, 1, dtype=torch.uint8), (0.5,) * 3, (0.5,) * 3),
+                         captions, owners, [g.image for g in groups])
+    found = [f.count for f in checks_module._caption_findings("test", split) if f.check == "duplicate_captions"]
+    assert found == ([images] if images else [])
+    for config in REPO.glob(f"configs/*{name.split('_')[0]}*.yaml"):
+        assert "duplicate_captions" in load_config(config).data.accept, config
