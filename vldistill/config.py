@@ -201,6 +201,9 @@ class DistillConfig:
                                              "stops")
     max_lr: Optional[float] = doc(None, "a learned-lr update above this is refused (null: only non-finite "
                                         "ones)")
+    max_growth: float = doc(1000.0, "divergence guard: the run stops (the last good set saved) when the "
+                                    "matching loss, or the RMS of the synthetic images or text embeddings, "
+                                    "exceeds this many times its value at the start (0: no guard)")
     resume: bool = doc(False, "continue from this run's distill checkpoint and keep already distilled "
                               "sets (`vldistill run RUN_DIR` sets it); false starts over")
 
@@ -208,7 +211,8 @@ class DistillConfig:
         _positive(self, "n_pairs", "iterations", "syn_steps", "expert_epochs", "mini_batch",
                   "rank", "checkpoint_every", "max_bad_steps", "lr_teacher", "min_lr", "logit_scale", "eval_epochs")
         _non_negative(self, "lr_img", "lr_txt", "lr_lr", "lr_sim", "momentum_syn", "momentum_lr",
-                      "momentum_sim", "min_start_epoch", "loss_eps", "eval_every", "blend_alpha")
+                      "momentum_sim", "min_start_epoch", "loss_eps", "eval_every", "blend_alpha",
+                      "max_growth")
         _choice(self, "init", INITS)
         _choice(self, "init_draw", ("images", "captions"))
         _choice(self, "lr_param", ("linear", "log"))

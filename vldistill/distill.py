@@ -9,7 +9,9 @@ resumed run continues exactly where the interrupted one was (`vldistill.checkpoi
 
 Faults: an iteration whose matching loss or any gradient (images, texts, similarity, lrs) is
 not finite is skipped before the update and counted; `max_bad_steps` in a row stop the run
-with `NonFiniteError`, the last good checkpoint kept. An lr update that would make a learned
+with `NonFiniteError`, the last good checkpoint kept. A run that grows past `max_growth`
+while staying finite stops with `DivergedError` (`vldistill.divergence`), its last good set
+saved as SET_last_good. An lr update that would make a learned
 lr non-finite, zero (log underflow) or above `max_lr` is undone and reported; a linear lr is
 clamped at `min_lr`. No periodic checkpoint is written while the latest iteration was skipped,
 so the one on disk comes from a state that last gave a finite iteration. SIGINT/SIGTERM finish
@@ -30,6 +32,7 @@ from .checkpoint import BestSoFar, read_checkpoint, write_checkpoint
 from .config import Config
 from .coresets import coreset_pairs
 from .data import PreparedData
+from .divergence import DivergedError, GrowthGuard, rms
 from .errors import NonFiniteError, UserError
 from .evaluate import probe_set
 from .trajectories import TrajectoryStore, store_manifest, warn_if_other_recipe
@@ -100,6 +103,8 @@ class Distiller:
         images, texts, self.init_captions = init_synthetic(cfg, data, self.generator, store, device)
         self.images = images.to(device).requires_grad_(True)
         self.texts = texts.to(device).requires_grad_(True)
+        self.guard = GrowthGuard(d.max_growth)                  # the set's start: its initial RMS
+        self.guard.start.update(images=rms(self.images), texts=rms(self.texts))
         with seeds.seeded(seeds.derive_seed(cfg.seed, "similarity")):
             self.similarity = build_similarity(d.sim_kind, d.n_pairs, d.rank, d.alpha).to(device)
         init_lr = math.log(d.lr_teacher) if d.lr_param == "log" else d.lr_teacher
@@ -161,11 +166,16 @@ class Distiller:
         finite = math.isfinite(result.loss) and all(
             bool(torch.isfinite(p.grad).all()) for g in self.optimizer.param_groups
             for p in g["params"] if p.grad is not None)
-        lr_event = None
+        lr_event, growth = None, {}
+        stopped = {"stage": "distill", "method": self.method, "it": self.iteration + 1, "loss": result.loss,
+                   "expert": expert, "start_epoch": start_epoch}
         if finite:
+            growth = self._guard({"loss": result.loss}, self.current_values(), stopped)    # before the update
             lr_before = self._lr_state()
+            before = [t.detach().clone() for t in self._exported()] if self.ema is None and d.max_growth else self.ema
             self.optimizer.step()
             lr_event = self._keep_lrs_valid(lr_before)
+            growth |= self._guard({"images": rms(self.images), "texts": rms(self.texts)}, before, stopped)
             self._update_ema()
             self.bad_in_a_row = 0
             self.best.observe(result.loss)
@@ -178,7 +188,8 @@ class Distiller:
                   "loss": result.loss, "loss_img": result.loss_img, "loss_txt": result.loss_txt,
                   "lr_img": lr_img, "lr_txt": lr_txt, "grad_lr_img": result.grad_lr_img,
                   "grad_lr_txt": result.grad_lr_txt, "expert": expert, "start_epoch": start_epoch,
-                  "skipped": not finite, "lr_event": lr_event, "seconds": time.time() - start_time}
+                  "skipped": not finite, "lr_event": lr_event, "seconds": time.time() - start_time,
+                  "growth": {k: round(v, 4) for k, v in growth.items()}}
         if self.bad_in_a_row >= d.max_bad_steps:
             raise NonFiniteError(
                 f"{self.bad_in_a_row} iterations in a row gave a non-finite matching loss or "
@@ -187,6 +198,11 @@ class Distiller:
                 f"({d.lr_lr}) too high. The last good checkpoint is kept: resume from it with "
                 "distill.resume=true and lower lrs.", record)
         return record
+
+    def _guard(self, values: dict[str, float], last_good: list[torch.Tensor] | None, record: dict) -> dict[str, float]:
+        d = self.d
+        return self.guard.check(values, self.iteration + 1, {"distill.lr_img": d.lr_img, "distill.lr_txt": d.lr_txt,
+                                                             "distill.lr_lr": d.lr_lr}, last_good, record)
 
     def _lr_state(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         buffer = self.optimizer.state.get(self.lr_raw, {}).get("momentum_buffer")
@@ -273,6 +289,7 @@ class Distiller:
         state["generator"] = self.generator.get_state()
         state["expert_queue"] = torch.tensor(self.expert_queue, dtype=torch.long)
         state["counters"] = torch.tensor([self.iteration, self.bad_in_a_row, self.skipped])
+        state["guard.start"] = self.guard.state_tensor()
         return state | self.best.state_tensors()
 
     @torch.no_grad()
@@ -289,6 +306,7 @@ class Distiller:
         self.generator.set_state(state["generator"])
         self.expert_queue = state["expert_queue"].tolist()
         self.iteration, self.bad_in_a_row, self.skipped = (int(v) for v in state["counters"])
+        self.guard.load(state.get("guard.start"))
         self.best.load(state)
 
 
@@ -326,8 +344,15 @@ def run_distill(cfg: Config, data: PreparedData, store: TrajectoryStore, set_pat
         while distiller.iteration < total:
             try:
                 record = distiller.step()
-            except NonFiniteError as err:       # the iteration that ends the run is logged too
+            except (NonFiniteError, DivergedError) as err:      # the iteration that ends the run is logged too
                 append_jsonl(metrics_path, err.record)
+                if isinstance(err, DivergedError):
+                    saved = set_path.with_name(set_path.name + "_last_good")
+                    distiller.export(card | {"stopped": str(err)}, values=err.values).save(saved)
+                    kept = "the last checkpoint is kept" if checkpoint_path.is_file() else "no checkpoint yet"
+                    raise DivergedError(f"{err}. The set before that update is saved at "
+                                        f"{str(saved.with_suffix('.safetensors'))!r}; {kept}",
+                                        err.values, err.record) from None
                 raise
             append_jsonl(metrics_path, record)
             bar.set_postfix(loss=f"{record['loss']:.3f}", lr_img=f"{record['lr_img']:.3g}")
