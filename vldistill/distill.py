@@ -68,7 +68,7 @@ def init_synthetic(cfg: Config, data: PreparedData, generator: torch.Generator,
     draw = data.real_pairs if d.init_draw == "images" else data.real_entries
     if d.init_augment:      # the augmentations draw from torch's generator: seed it from ours
         with seeds.seeded(int(torch.randint(2 ** 62, (1,), generator=generator))):
-            images, texts, captions = draw(d.n_pairs, generator, augment=True)
+            images, texts, captions = draw(d.n_pairs, generator, augment=True, view_cache=d.init_view_cache)
     else:
         images, texts, captions = draw(d.n_pairs, generator)
     if d.init == "noise":
@@ -190,6 +190,8 @@ class Distiller:
                   "grad_lr_txt": result.grad_lr_txt, "expert": expert, "start_epoch": start_epoch,
                   "skipped": not finite, "lr_event": lr_event, "seconds": time.time() - start_time,
                   "growth": {k: round(v, 4) for k, v in growth.items()}}
+        if d.merge_branches:        # `loss` is the merged ratio; the reference logs this sum instead
+            record["loss_branch_sum"] = result.branch_sum
         if self.bad_in_a_row >= d.max_bad_steps:
             raise NonFiniteError(
                 f"{self.bad_in_a_row} iterations in a row gave a non-finite matching loss or "
@@ -331,6 +333,10 @@ def run_distill(cfg: Config, data: PreparedData, store: TrajectoryStore, set_pat
     elif checkpoint_path.is_file():
         log.warning("distill.resume=false: %s starts over; the checkpoint in %s will be overwritten",
                     method, checkpoint_path)
+    if cfg.distill.merge_branches:
+        log.info("%s: the matching loss logged as `loss` (and the best window chosen on) is the merged "
+                 "ratio that is minimised; `loss_branch_sum` is the sum of the per-branch ratios, the "
+                 "number the LoRS and RepBlend code log", method)
     card = {"dataset": data.dataset.name, "dataset_fingerprint": data.dataset.fingerprint,
             "image_tower": cfg.model.image_tower, "text_tower": cfg.model.text_tower,
             "image_size": data.dataset.image_size, "mean": list(data.dataset.mean),

@@ -77,7 +77,7 @@ def build_split(groups: list[ImageCaptions], root: Path, data_cfg: "DataConfig",
                 split: str) -> CaptionSplit:
     """Normalize captions, drop caption-less and (if allowed) unreadable images, map the rest.
     A caption left blank by normalizing stays, for the data checks to refuse (or drop) by name."""
-    words = data_cfg.max_words
+    words = data_cfg.max_words if split == "train" else data_cfg.max_words_eval or data_cfg.max_words
     normalized = [(g.image, [normalize_caption(c, words, data_cfg.caption_cleaner) for c in g.captions])
                   for g in groups]
     with_captions = [(image, caps) for image, caps in normalized if caps]
