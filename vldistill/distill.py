@@ -32,7 +32,7 @@ from .checkpoint import BestSoFar, read_checkpoint, write_checkpoint
 from .config import Config
 from .coresets import coreset_pairs
 from .data import PreparedData
-from .divergence import DivergedError, GrowthGuard, rms
+from .divergence import DivergedError, GrowthGuard, rms, save_last_good
 from .errors import NonFiniteError, UserError
 from .evaluate import probe_set
 from .trajectories import TrajectoryStore, store_manifest, warn_if_other_recipe
@@ -103,8 +103,8 @@ class Distiller:
         images, texts, self.init_captions = init_synthetic(cfg, data, self.generator, store, device)
         self.images = images.to(device).requires_grad_(True)
         self.texts = texts.to(device).requires_grad_(True)
-        self.guard = GrowthGuard(d.max_growth)                  # the set's start: its initial RMS
-        self.guard.start.update(images=rms(self.images), texts=rms(self.texts))
+        self.guard = GrowthGuard(d.max_growth, {f"distill.{k}": getattr(d, k) for k in ("lr_img", "lr_txt", "lr_lr")})
+        self.guard.start.update(images=rms(self.images), texts=rms(self.texts))     # the set's: its initial RMS
         with seeds.seeded(seeds.derive_seed(cfg.seed, "similarity")):
             self.similarity = build_similarity(d.sim_kind, d.n_pairs, d.rank, d.alpha).to(device)
         init_lr = math.log(d.lr_teacher) if d.lr_param == "log" else d.lr_teacher
@@ -170,12 +170,14 @@ class Distiller:
         stopped = {"stage": "distill", "method": self.method, "it": self.iteration + 1, "loss": result.loss,
                    "expert": expert, "start_epoch": start_epoch}
         if finite:
-            growth = self._guard({"loss": result.loss}, self.current_values(), stopped)    # before the update
+            growth = self.guard.check({"loss": result.loss}, self.iteration + 1, self.current_values(),
+                                      stopped)                                  # before the update
             lr_before = self._lr_state()
             before = [t.detach().clone() for t in self._exported()] if self.ema is None and d.max_growth else self.ema
             self.optimizer.step()
             lr_event = self._keep_lrs_valid(lr_before)
-            growth |= self._guard({"images": rms(self.images), "texts": rms(self.texts)}, before, stopped)
+            growth |= self.guard.check({"images": rms(self.images), "texts": rms(self.texts)},
+                                       self.iteration + 1, before, stopped)
             self._update_ema()
             self.bad_in_a_row = 0
             self.best.observe(result.loss)
@@ -200,11 +202,6 @@ class Distiller:
                 f"({d.lr_lr}) too high. The last good checkpoint is kept: resume from it with "
                 "distill.resume=true and lower lrs.", record)
         return record
-
-    def _guard(self, values: dict[str, float], last_good: list[torch.Tensor] | None, record: dict) -> dict[str, float]:
-        d = self.d
-        return self.guard.check(values, self.iteration + 1, {"distill.lr_img": d.lr_img, "distill.lr_txt": d.lr_txt,
-                                                             "distill.lr_lr": d.lr_lr}, last_good, record)
 
     def _lr_state(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         buffer = self.optimizer.state.get(self.lr_raw, {}).get("momentum_buffer")
@@ -334,9 +331,8 @@ def run_distill(cfg: Config, data: PreparedData, store: TrajectoryStore, set_pat
         log.warning("distill.resume=false: %s starts over; the checkpoint in %s will be overwritten",
                     method, checkpoint_path)
     if cfg.distill.merge_branches:
-        log.info("%s: the matching loss logged as `loss` (and the best window chosen on) is the merged "
-                 "ratio that is minimised; `loss_branch_sum` is the sum of the per-branch ratios, the "
-                 "number the LoRS and RepBlend code log", method)
+        log.info("%s: `loss` (logged, and the best window's) is the merged ratio minimised; `loss_branch_sum` "
+                 "is the per-branch ratios' sum, what the LoRS and RepBlend code log", method)
     card = {"dataset": data.dataset.name, "dataset_fingerprint": data.dataset.fingerprint,
             "image_tower": cfg.model.image_tower, "text_tower": cfg.model.text_tower,
             "image_size": data.dataset.image_size, "mean": list(data.dataset.mean),
@@ -353,12 +349,8 @@ def run_distill(cfg: Config, data: PreparedData, store: TrajectoryStore, set_pat
             except (NonFiniteError, DivergedError) as err:      # the iteration that ends the run is logged too
                 append_jsonl(metrics_path, err.record)
                 if isinstance(err, DivergedError):
-                    saved = set_path.with_name(set_path.name + "_last_good")
-                    distiller.export(card | {"stopped": str(err)}, values=err.values).save(saved)
-                    kept = "the last checkpoint is kept" if checkpoint_path.is_file() else "no checkpoint yet"
-                    raise DivergedError(f"{err}. The set before that update is saved at "
-                                        f"{str(saved.with_suffix('.safetensors'))!r}; {kept}",
-                                        err.values, err.record) from None
+                    last_good = distiller.export(card | {"stopped": str(err)}, values=err.values)
+                    raise save_last_good(err, last_good, set_path, checkpoint_path) from None
                 raise
             append_jsonl(metrics_path, record)
             bar.set_postfix(loss=f"{record['loss']:.3f}", lr_img=f"{record['lr_img']:.3g}")

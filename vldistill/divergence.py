@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -41,9 +42,11 @@ def rms(t: torch.Tensor) -> float:
 
 @dataclass
 class GrowthGuard:
-    """Each watched quantity's start (0: not seen yet) and the bound (0: no guard)."""
+    """Each watched quantity's start (0: not seen yet), the bound (0: no guard) and the lrs a
+    message names (`{"distill.lr_img": 1000.0, ...}`)."""
 
     max_growth: float
+    lrs: dict[str, float] = field(default_factory=dict)
     start: dict[str, float] = field(default_factory=lambda: dict.fromkeys(WATCHED, 0.0))
 
     def growth(self, name: str, value: float) -> float:
@@ -52,15 +55,15 @@ class GrowthGuard:
             self.start[name] = value
         return value / self.start[name] if self.start[name] else 1.0
 
-    def check(self, values: dict[str, float], iteration: int, settings: dict[str, float],
-              last_good: list[torch.Tensor], record: dict) -> dict[str, float]:
+    def check(self, values: dict[str, float], iteration: int, last_good: list[torch.Tensor] | None,
+              record: dict) -> dict[str, float]:
         """The growths of `values`; raises `DivergedError` when one is past the bound."""
         growths = {name: self.growth(name, v) for name, v in values.items() if math.isfinite(v)}
         over = [n for n, g in growths.items() if self.max_growth and g > self.max_growth]
         if over:
             name = over[0]
             lower = _LOWER[name]
-            now = ", ".join(f"{k.removeprefix('distill.')} {v:g}" for k, v in settings.items())
+            now = ", ".join(f"{k.removeprefix('distill.')} {v:g}" for k, v in self.lrs.items())
             raise DivergedError(
                 f"distillation diverged at iteration {iteration}: {_WHAT[name]} grew to "
                 f"{values[name]:.4g}, {growths[name]:.3g} times its start (distill.max_growth="
@@ -78,4 +81,13 @@ class GrowthGuard:
             self.start = dict(zip(WATCHED, state.tolist()))
 
 
-__all__ = ["DivergedError", "GrowthGuard", "WATCHED", "rms"]
+def save_last_good(err: DivergedError, last_good, path: Path, checkpoint: Path) -> DivergedError:
+    """Save `last_good` (the `DistilledSet` of err.values) as PATH_last_good; the error again,
+    saying where it is and whether a checkpoint is kept."""
+    saved = last_good.save(path.with_name(path.name + "_last_good"))
+    kept = "the last checkpoint is kept" if checkpoint.is_file() else "no checkpoint yet"
+    return DivergedError(f"{err}. The set before that update is saved at "
+                         f"{str(saved.with_suffix('.safetensors'))!r}; {kept}", err.values, err.record)
+
+
+__all__ = ["DivergedError", "GrowthGuard", "WATCHED", "rms", "save_last_good"]
