@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from . import distributed
+from . import distributed, runlock
 from .config import Config
 from .data import CaptionDataset, build_dataset
 from .data.checks import DataCheckError
@@ -88,12 +88,15 @@ def _folders(cfg: Config, command: str) -> list[Problem]:
         for m, mc in {"": cfg, **_method_configs(cfg)}.items():
             store = _run(cfg).store(mc).dir
             folders.setdefault(f"buffer.dir ({store})" if m else "buffer.dir", store)
-    return [Problem(key.split(" ")[0], why) for key, path in folders.items()
-            if (why := unwritable(path.expanduser()))]
+    problems = [Problem(key.split(" ")[0], why) for key, path in folders.items()
+                if (why := unwritable(path.expanduser()))]
+    if Path(cfg.run_dir).is_dir() and (busy := runlock.in_use(cfg.run_dir)):
+        problems.append(Problem("run_dir", busy))
+    return problems
 
 
 def _inputs(cfg: Config) -> list[Problem]:
-    """Weights files the towers load."""
+    """The weights files and the text tower's folder the towers load."""
     weights = {"model.pretrained_path": cfg.model.pretrained_path}
     weights |= {f"eval.towers.{k}.pretrained_path": t.pretrained_path for k, t in cfg.eval.towers.items()}
     problems = [Problem(key, f"{key} {path!r} not found: put the weights file there, or give "
