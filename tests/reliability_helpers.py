@@ -41,12 +41,12 @@ def copy_store(cache_dir: Path, to: Path) -> Path:
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str]:
-    """main(argv) in this process; returns the exit code and stderr's last non-progress line."""
+    """main(argv) in this process; returns the exit code and stderr's error lines (one per
+    problem found), without progress bars and logs."""
     capsys.readouterr()
     code = main([str(a) for a in argv])
     err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.startswith("vldistill:")]
-    return code, lines[-1] if lines else ""
+    return code, "\n".join(line for line in err.splitlines() if line.startswith("vldistill:"))
 
 
 def distill_records(run_dir: Path) -> list[dict]:

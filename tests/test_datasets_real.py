@@ -152,16 +152,21 @@ def test_skip_bad_images_drops_and_counts_them(bad_folder, caplog):
         build_dataset(data_cfg(*karpathy_overrides(tmp_path)), tmp_path / "cache")
 
 
-def test_caption_less_image_is_left_out(tmp_path, caplog):
+def test_caption_less_image_is_left_out_and_a_blank_caption_refused(tmp_path, caplog):
     write_karpathy(tmp_path, {"train": [1] * 3, "val": [2, 1, 1], "test": [1, 1]})
     val = json.loads((tmp_path / "ann" / "val.json").read_text())
     val[1]["caption"] = []
     val[2]["caption"] = ["?!"]                         # normalizes to nothing
     (tmp_path / "ann" / "val.json").write_text(json.dumps(val))
     caplog.set_level(logging.WARNING)
-    ds = build_dataset(data_cfg(*karpathy_overrides(tmp_path)), tmp_path / "cache")
+    with pytest.raises(UserError, match=r"val: 1 blank captions, first: val/val_002.jpg caption ''"):
+        build_dataset(data_cfg(*karpathy_overrides(tmp_path)), tmp_path / "cache")
+    assert "1 images have no caption" in caplog.text
+    ds = build_dataset(data_cfg(*karpathy_overrides(tmp_path), "data.accept=[blank_captions]"),
+                       tmp_path / "cache")
     assert ds.val.image_names == [val[0]["image"]] and ds.val.img2txt == [[0, 1]]
-    assert "2 images have no (non-empty) caption" in caplog.text
+    assert ds.checks["blank_captions"] == [{"split": "val", "count": 1,
+                                            "examples": ["val/val_002.jpg caption ''"]}]
 
 
 def test_file_vanishing_during_training_is_one_line_from_a_worker(tmp_path):
@@ -208,7 +213,7 @@ def test_coco_captions_through_pycocotools(tmp_path, caplog):
     assert ds.train.image_names == [f"train2014/COCO_train2014_{i:012d}.jpg" for i in (ids[2], ids[0], ids[1])]
     assert [len(c) for c in ds.train.img2txt] == [6, 5, 2]
     assert ds.val.n_images == 1 and [len(c) for c in ds.val.img2txt] == [3]     # id 104 has none
-    assert "1 images have no (non-empty) caption" in caplog.text
+    assert "1 images have no caption" in caplog.text
     assert ds.test.txt2img.tolist() == [0, 1, 1, 1, 1]
     with pytest.raises(UserError, match=r"1 image ids are not in this file \(first: \[999\]\)"):
         build_dataset(data_cfg(*base, "data.test_ids=[999]"), tmp_path / "cache")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -12,6 +13,8 @@ import torch
 import vldistill.distill as distill_module
 from reliability_helpers import FAST, run_cli, tiny_store
 from vldistill.distill import Distiller, NonFiniteError, run_distill
+from vldistill.divergence import DivergedError
+from vldistill.synset import DistilledSet
 from vldistill.trajectories import TrajectoryStore
 from vldistill.matching import MATCHERS, MatchResult
 
@@ -119,7 +122,8 @@ def test_real_divergence_stops_the_cli_with_one_line(tmp_path, cache_dir, capsys
     code, err = run_cli(capsys, "distill", "configs/tiny.yaml", f"run_dir={run_dir}",
                         f"cache_dir={cache_dir}", f"buffer.dir={tiny_store(cache_dir)}",
                         "eval.methods=[lors]", *FAST, "distill.lr_img=1e30", "distill.iterations=8",
-                        "distill.checkpoint_every=1", "distill.max_bad_steps=2")
+                        "distill.checkpoint_every=1", "distill.max_bad_steps=2",
+                        "distill.max_growth=0")     # (the divergence guard would stop it first)
     assert code == 2 and err.startswith("vldistill: error: 2 iterations in a row") and "lr_img (1e+30)" in err
     from vldistill.checkpoint import read_checkpoint
     checkpoint = run_dir / "checkpoints" / "lors.safetensors"
@@ -163,3 +167,54 @@ def test_exploding_lr_update_is_refused_not_trained_on(param, extra, make_distil
     assert distiller.lrs() == lr_before              # linear: above max_lr; log: exp overflows to inf
     assert torch.equal(distiller.optimizer.state[distiller.lr_raw]["momentum_buffer"], buffer_before)
     assert not torch.equal(distiller.images.detach(), images_before)    # the rest of the update went in
+
+
+# ---------------------------------------------------------------- finite divergence
+def test_a_loss_that_grows_past_the_bound_stops_before_the_update(tiny_cfg, tiny_data, cache_dir, tmp_path,
+                                                                  monkeypatch):
+    """Stand-in matcher: the matching loss is 1, 2, then 50; with max_growth=20 the third
+    iteration stops the run before its update, and the set after the second one is saved."""
+    losses, good = iter([1.0, 2.0, 50.0]), fake_match()
+
+    def scripted(*args, **kwargs):
+        result = good(*args, **kwargs)
+        result.loss = next(losses)
+        return result
+    monkeypatch.setitem(MATCHERS._entries, "tesla", scripted)
+    cfg = tiny_cfg(*FAST, "distill.iterations=10", "distill.max_growth=20")
+    with pytest.raises(DivergedError, match=r"^distillation diverged at iteration 3: the matching loss grew "
+                                            r"to 50, 50 times its start \(distill.max_growth=20\); lower "
+                                            r"distill.lr_lr .* the last checkpoint is kept$"):
+        _run(cfg, tiny_data, cache_dir, tmp_path)
+    saved = DistilledSet.load(tmp_path / "set_last_good")
+    second = Distiller(cfg, tiny_data, TrajectoryStore(tiny_store(cache_dir)), CPU)
+    monkeypatch.setitem(MATCHERS._entries, "tesla", good)
+    second.step(), second.step()
+    assert torch.equal(saved.images, second.images.detach())        # two updates, not three
+    record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["it"] == 3 and record["diverged"] == "loss" and record["growth"]["loss"] == 50.0
+
+
+def test_a_real_divergence_stops_with_the_last_good_set_saved(tmp_path, cache_dir, capsys):
+    """No stand-ins: at lr_img=300 the tiny set's images grow to about 4, 6, 7 times their start
+    RMS in the first three iterations; a bound of 6.5 stops the run at the third, whose set is
+    never written anywhere."""
+    run_dir = tmp_path / "run"
+    common = ["distill", "configs/tiny.yaml", f"run_dir={run_dir}", f"cache_dir={cache_dir}",
+              f"buffer.dir={tiny_store(cache_dir)}", "eval.methods=[lors]", *FAST,
+              "distill.iterations=40", "distill.checkpoint_every=2", "distill.lr_img=300"]
+    code, err = run_cli(capsys, *common, "distill.max_growth=6.5")
+    found = re.match(r"vldistill: error: distillation diverged at iteration (\d+): the synthetic images' RMS "
+                     r"grew to \S+, (\S+) times its start \(distill.max_growth=6.5\); lower distill.lr_img "
+                     r"\(lr_img 300, lr_txt 1, lr_lr 1e-05\)\. The set before that update is saved at "
+                     r"'(.*)'; the last checkpoint is kept$", err)
+    assert code == 2 and found, err
+    stopped, growth = int(found.group(1)), float(found.group(2))
+    assert stopped == 3 and growth > 6.5 and found.group(3) == str(run_dir / "set_last_good.safetensors")
+    last_good = DistilledSet.load(run_dir / "set_last_good")
+    # the same run told to stop one iteration earlier ends with exactly that set
+    code, err = run_cli(capsys, *common, f"run_dir={tmp_path / 'shorter'}", f"distill.iterations={stopped - 1}")
+    assert code == 0, err
+    assert torch.equal(DistilledSet.load(tmp_path / "shorter" / "set").images, last_good.images)
+    checkpoint = json.loads((run_dir / "checkpoints" / "lors.json").read_text())
+    assert checkpoint["iteration"] == 2                                     # the last good one stays

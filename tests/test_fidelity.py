@@ -19,7 +19,8 @@ from vldistill.methods import summarize
 from vldistill.similarity import build_similarity
 from vldistill.synset import DistilledSet
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
 
 
 # ------------------------------------------------------------------ the modes themselves
@@ -189,3 +190,126 @@ def test_reference_init_takes_an_augmented_view_when_training_augments(tmp_path)
     torch.manual_seed(0)
     augmented = data.real_entries(4, torch.Generator().manual_seed(0), augment=True)[0]
     assert augmented.shape == plain.shape and not torch.allclose(augmented, plain)
+
+
+# ------------------------------------------------------------------ the last reference-mode decisions
+class _FreshViews:
+    """An image source whose every training view is new random pixels: two views are equal only
+    when one was reused."""
+
+    def __len__(self) -> int:
+        return 10
+
+    def get_batch(self, indices: torch.Tensor, train: bool = False) -> torch.Tensor:
+        return torch.rand(len(indices), 3, 2, 2)
+
+
+def test_reference_init_reuses_a_recently_read_images_view(tiny_data):
+    """The reference's loader caches its transformed image with functools.lru_cache(maxsize=K):
+    a pair whose image was read among the last K distinct images gets that image's view."""
+    import functools
+    import itertools
+    from dataclasses import replace
+    data = replace(tiny_data, dataset=replace(tiny_data.dataset, train=replace(
+        tiny_data.dataset.train, images=_FreshViews())))
+    ids = [0, 1, 0, 2, 3, 4, 0, 1, 1, 5, 2, 4]
+    for k in (0, 1, 3, 100):
+        counter = itertools.count()
+        read_image = functools.lru_cache(maxsize=k)(lambda path: next(counter))  # the reference's cache
+        tokens = [read_image(f"images/{i}.jpg") for i in ids]
+        views = data.views(torch.tensor(ids), cache=k)
+        for a, b in itertools.combinations(range(len(ids)), 2):
+            assert torch.equal(views[a], views[b]) == (tokens[a] == tokens[b]), (k, a, b)
+    assert load_config(None, ["fidelity=reference"]).distill.init_view_cache == 100
+    assert load_config(REPO / "configs/coco_repblend_100.yaml").distill.init_view_cache == 0  # its COCO loader has none
+
+
+def test_without_a_repeat_the_cached_views_are_the_uncached_ones(tiny_data):
+    """The cache changes nothing but the repeats: the same draws, in the same order."""
+    ids = torch.arange(8)
+    torch.manual_seed(0)
+    plain = tiny_data.views(ids, cache=0)
+    torch.manual_seed(0)
+    torch.testing.assert_close(tiny_data.views(ids, cache=100), plain)
+
+
+def test_repblend_randaugment_draws_from_its_nine_operations(monkeypatch):
+    """RepBlend's data/__init__.py passes RandomAugment(2, 5, augs=[9 names]): LoRS's list without
+    'AutoContrast' (whose function its randaugment.py comments out)."""
+    from vldistill.config import RANDAUGMENTS
+    from vldistill.data import images as images_module
+    names = {"Identity": "identity", "AutoContrast": "autocontrast", "Brightness": "brightness",
+             "Sharpness": "sharpness", "Equalize": "equalize", "ShearX": "shear_x", "ShearY": "shear_y",
+             "TranslateX": "translate_x", "TranslateY": "translate_y", "Rotate": "rotate"}
+    lors = ["Identity", "AutoContrast", "Brightness", "Sharpness", "Equalize", "ShearX", "ShearY",
+            "TranslateX", "TranslateY", "Rotate"]
+    repblend = [n for n in lors if n != "AutoContrast"]
+    assert sorted(images_module.RANDAUGMENT) == sorted(RANDAUGMENTS)
+    assert sorted(images_module.RANDAUGMENT["lors"]) == sorted(names[n] for n in lors)
+    assert sorted(images_module.RANDAUGMENT["repblend"]) == sorted(names[n] for n in repblend)
+    applied = []
+    for name in images_module._OPS:
+        monkeypatch.setitem(images_module._OPS, name, lambda img, m, name=name: applied.append(name) or img)
+    transform = images_module.ImageTransform(8, ops=images_module.RANDAUGMENT["repblend"], op_probability=1.0)
+    torch.manual_seed(0)
+    for _ in range(300):
+        transform.augmented(torch.zeros(3, 8, 8, dtype=torch.uint8))
+    counts = {n: applied.count(n) for n in images_module.RANDAUGMENT["repblend"]}
+    assert "autocontrast" not in applied and len(applied) == 600 and min(counts.values()) > 600 / 9 / 2
+    for config in REPO.glob("configs/*repblend*.yaml"):
+        assert load_config(config).data.randaugment == "repblend", config
+
+
+def _reference_pre_caption(caption: str, max_words: int) -> str:
+    """The reference loaders' pre_caption, from what it does: lower-case, . ! " ( ) * # : ; ~ to
+    spaces, runs of whitespace to one space, stripped, the first max_words space-separated words."""
+    import re
+    text = re.sub(r"\s{2,}", " ", re.sub(r"[.!\"()*#:;~]", " ", caption.lower())).strip()
+    return " ".join(text.split(" ")[:max_words])
+
+
+@pytest.mark.parametrize("config, train_words, eval_words", [
+    ("flickr30k_repblend_100", 60, 60), ("coco_repblend_100", 60, 30), ("flickr30k_lors_100", 30, 30)])
+def test_paper_configs_keep_each_references_caption_lengths(config, train_words, eval_words, tmp_path):
+    """RepBlend's flickr30k_train / flickr30k_retrieval_eval and coco_train default to 60 words,
+    its coco_retrieval_eval to 30; LoRS's loaders keep 30."""
+    import json
+    from fixtures_real import karpathy_overrides, write_karpathy
+
+    from vldistill.data import build_dataset
+    write_karpathy(tmp_path, {"train": [1] * 3, "val": [1, 1], "test": [1, 1]})
+    long = " ".join(f"Word{i}." for i in range(70))
+    for split in ("train", "val", "test"):
+        path = tmp_path / "ann" / f"{split}.json"
+        entries = json.loads(path.read_text())
+        entries[0]["caption"] = long if split == "train" else [long]
+        path.write_text(json.dumps(entries))
+    cfg = load_config(REPO / f"configs/{config}.yaml", [*karpathy_overrides(tmp_path), "data.image_size=16",
+                                                          "data.num_workers=0", f"cache_dir={tmp_path / 'c'}"])
+    ds = build_dataset(cfg.data, tmp_path / "c")
+    assert ds.train.captions[0] == _reference_pre_caption(long, train_words)
+    assert ds.val.captions[0] == ds.test.captions[0] == _reference_pre_caption(long, eval_words)
+
+
+def test_expert_cycle_is_the_references_file_order():
+    """The reference's order: files shuffled, each file's experts in turn, the files reshuffled
+    after the last; all three references' buffer.py write one expert per file, as vldistill's
+    store does, so a pass visits every expert once in a fresh shuffled order -- the cycle."""
+    from types import SimpleNamespace
+
+    from vldistill.distill import Distiller
+    import numpy as np
+    experts = list(range(5))
+    files, rng, reference = [[e] for e in experts], np.random.default_rng(0), []
+    order = rng.permutation(len(files))
+    for _ in range(3):                                  # the reference's file loop, three passes
+        for f in order:
+            reference += files[f]
+        order = rng.permutation(len(files))
+    state = SimpleNamespace(d=SimpleNamespace(expert_order="cycle"), experts=experts, expert_queue=[],
+                            generator=torch.Generator().manual_seed(0))
+    ours = [Distiller._next_expert(state) for _ in range(15)]
+    for sequence in (reference, ours):
+        passes = [sequence[i:i + 5] for i in range(0, 15, 5)]
+        assert all(sorted(p) == experts for p in passes) and len({tuple(p) for p in passes}) > 1
+    assert load_config(None, ["fidelity=reference"]).distill.expert_order == "cycle"

@@ -215,3 +215,18 @@ def test_fresh_batches_are_each_the_head_of_a_new_permutation():
     g = torch.Generator().manual_seed(3)
     expected = [torch.randperm(10, generator=g)[:4] for _ in range(5)]
     assert all(torch.equal(a, b) for a, b in zip(batches, expected))
+
+
+@pytest.mark.parametrize("match", [tesla_match, unroll_match])
+def test_merged_runs_also_give_the_sum_the_reference_logs(match):
+    """With merged branches the LoRS / RepBlend code minimises (r_img + r_txt) / (d_img + d_txt)
+    but logs its 'Loss/grand' as r_img / d_img + r_txt / d_txt: the unmerged loss of the same
+    step. `branch_sum` is that number, merged or not."""
+    student, images, texts, sim, start, target = _setup("lowrank")
+    batches = sample_batches(len(images), 3, 3, torch.Generator().manual_seed(1))
+    merged = match(student, images, texts, sim, 0.3, 0.2, start, target, batches,
+                   MatchOptions("wbce", merge_branches=True))
+    apart = match(student, images, texts, sim, 0.3, 0.2, start, target, batches, MatchOptions("wbce"))
+    assert merged.branch_sum == pytest.approx(apart.loss, rel=1e-12)
+    assert apart.branch_sum == pytest.approx(apart.loss, rel=1e-12)
+    assert merged.loss != pytest.approx(merged.branch_sum, rel=1e-3)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from .config import Config
-from .errors import UserError
+from .errors import UserError, os_error_message
 from .io import read_json
 
 
@@ -52,37 +52,44 @@ def _split_extra(overrides: list[str], names: tuple[str, ...]) -> tuple[dict[str
     return extra, rest
 
 
-def _open(args: argparse.Namespace, overrides: list[str] | None = None):
+def _open(args: argparse.Namespace, overrides: list[str] | None = None, sets_given: bool = False):
+    """The run, opened once the pre-flight found nothing wrong, and the dataset it built (None on
+    a torchrun rank other than 0)."""
+    from .preflight import preflight
     from .rundir import open_run
-    return open_run(_config_for(args.target, args.overrides if overrides is None else overrides),
-                    args.force_unlock)
+    cfg = _config_for(args.target, args.overrides if overrides is None else overrides)
+    dataset = preflight(cfg, args.command, sets_given=sets_given)
+    return open_run(cfg, args.force_unlock), dataset
 
 
 def cmd_run(args: argparse.Namespace) -> None:
     from .pipeline import run_all
-    print(run_all(_open(args)))
+    print(run_all(*_open(args)))
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
-    from .sweep import run_sweep
-    print(run_sweep(_config_for(args.target, args.overrides), args.force_unlock), end="")
+    from .preflight import preflight
+    from .sweep import run_sweep, unit_configs
+    cfg = _config_for(args.target, args.overrides)
+    dataset = preflight(cfg, "sweep", units=list(unit_configs(cfg).values()))
+    print(run_sweep(cfg, args.force_unlock, dataset), end="")
 
 
 def cmd_buffer(args: argparse.Namespace) -> None:
     from . import distributed
     from .data import prepare_data
     from .pipeline import stage_buffer
-    run = _open(args)
+    run, dataset = _open(args)
     with distributed.main_first():          # torchrun: rank 0 fills the data caches first
-        data = prepare_data(run.cfg, str(run.device))
+        data = prepare_data(run.cfg, str(run.device), dataset)
     stage_buffer(run, data)
 
 
 def cmd_distill(args: argparse.Namespace) -> None:
     from .data import prepare_data
     from .pipeline import stage_distill
-    run = _open(args)
-    stage_distill(run, prepare_data(run.cfg, str(run.device)))
+    run, dataset = _open(args)
+    stage_distill(run, prepare_data(run.cfg, str(run.device), dataset))
 
 
 def _method_of(synthetic) -> str:
@@ -111,11 +118,11 @@ def cmd_eval(args: argparse.Namespace) -> None:
                      if asked and m not in distilled_methods()]
         overrides = [*overrides, f"eval.methods=[{','.join([method, *baselines])}]"]
         sets, set_paths = {method: synthetic}, {method: Path(extra["set"]).resolve()}
-    run = _open(args, overrides)            # the recorded config.yaml is the one that runs
+    run, dataset = _open(args, overrides, sets_given=set_paths is not None)    # its config.yaml runs
     if set_paths is None:
         sets = {m: DistilledSet.load(run.set_path(m)) for m in distilled_methods(run.cfg.eval.methods)}
     with distributed.main_first():
-        data = prepare_data(run.cfg, str(run.device))
+        data = prepare_data(run.cfg, str(run.device), dataset)
     table = results_table(stage_eval(run, data, sets, set_paths))
     if distributed.context().is_main:
         print(table)
@@ -124,7 +131,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     from .data import prepare_data
     from .pipeline import existing_sets, stage_report
-    run = _open(args)
+    from .rundir import open_run
+    run = open_run(_config_for(args.target, args.overrides), args.force_unlock)
     print(stage_report(run, prepare_data(run.cfg, str(run.device)), existing_sets(run)))
 
 
@@ -266,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         print(_usage() + f"\nvldistill: error: unknown command {name!r}", file=sys.stderr)
         return 2
     args = _parser(name, command).parse_intermixed_args(argv[1:])
+    args.command = name
     # nothing is downloaded: Hugging Face libraries read local folders only
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -277,8 +286,11 @@ def main(argv: list[str] | None = None) -> int:
                             "launch only `buffer` and `eval` with torchrun")
         with terminate_as_interrupt():
             command.run(args)
-    except UserError as err:
-        print(f"vldistill: error: {err}", file=sys.stderr)
+    except UserError as err:               # (several problems: one line each)
+        print("\n".join(f"vldistill: error: {line}" for line in str(err).splitlines()), file=sys.stderr)
+        return 2
+    except OSError as err:                  # the filesystem's (a folder that is a file, no room)
+        print(f"vldistill: error: {os_error_message(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:        # Ctrl-C, or SIGTERM / SIGUSR1 (interrupts.Interrupted)
         code = getattr(err, "exit_code", 130)

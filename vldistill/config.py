@@ -39,6 +39,8 @@ BATCHNORM_MODES = ("batch", "frozen")
 INITS = ("real", "noise", "herding", "kcenter")
 LR_POLICIES = ("fixed", "authors", "tuned")
 FIDELITY_MODES = ("reference", "vldistill")
+RANDAUGMENTS = ("lors", "repblend")
+ACCEPTABLE_DATA_CHECKS = ("blank_captions", "duplicate_captions", "split_overlap")
 
 
 @dataclass
@@ -75,8 +77,17 @@ class DataConfig:
                                              "null: a tab")
     image_size: int = doc(32, "square side the towers see")
     max_words: int = doc(30, "captions are truncated to this many words")
+    max_words_eval: Optional[int] = doc(None, "val and test captions of files are truncated to this many "
+                                              "words (null: data.max_words; RepBlend's COCO loader keeps 60 in "
+                                              "train and 30 in val/test)")
     caption_cleaner: Optional[str] = doc(None, "mode: reference (keeps , and ?) | strict (drops them too)")
     no_aug: bool = doc(True, "turn off train-time augmentation of real images")
+    randaugment: str = doc("lors", "train-time RandAugment operations: lors (BLIP's 10, as LoRS) | "
+                                   "repblend (the same 9 without AutoContrast, as RepBlend)")
+    accept: list[str] = doc([], "data checks passed on purpose, each recorded in results.json: "
+                                "blank_captions (dropped) | duplicate_captions (a caption repeated "
+                                "within an image, kept) | split_overlap (an image in two splits, by "
+                                "path or by content, kept)")
     skip_bad_images: bool = doc(False, "skip (and count) unreadable images instead of failing")
     num_workers: int = doc(0, "DataLoader workers for real images")
     cache_images: Optional[bool] = doc(None, "mode: decode real images once into a uint8 tensor file "
@@ -102,6 +113,12 @@ class DataConfig:
     def __post_init__(self) -> None:
         _positive(self, "image_size", "max_words", "shapes_train", "shapes_val", "shapes_test")
         _choice(self, "caption_cleaner", ("reference", "strict"))
+        _choice(self, "randaugment", RANDAUGMENTS)
+        _positive(self, "max_words_eval")
+        for check in self.accept:
+            if check not in ACCEPTABLE_DATA_CHECKS:
+                raise ConfigError(f"data.accept: unknown check {check!r}; one of "
+                                  f"{', '.join(ACCEPTABLE_DATA_CHECKS)}")
         if self.num_workers < 0:
             raise ConfigError("data.num_workers must be >= 0")
         _non_negative(self, "cache_max_gb", "val_fraction", "test_fraction")
@@ -201,6 +218,9 @@ class DistillConfig:
                                          "(distinct caption entries, images may repeat: reference)")
     init_augment: Optional[bool] = doc(None, "mode: start from an augmented view (reference: when "
                                              "augmenting)")
+    init_view_cache: Optional[int] = doc(None, "mode: with init_augment, a pair whose image was among the "
+                                               "last K distinct images drawn reuses that image's view "
+                                               "(reference: its loader's lru_cache of 100; 0: a view per pair)")
     lr_teacher: float = doc(0.1, "initial value of the learnable student lrs")
     learn_lr: bool = doc(True, "learn the student lrs (image and text) with the set (false: they stay "
                                "lr_teacher)")
@@ -227,6 +247,9 @@ class DistillConfig:
                                              "stops")
     max_lr: Optional[float] = doc(None, "a learned-lr update above this is refused (null: only non-finite "
                                         "ones)")
+    max_growth: float = doc(1000.0, "divergence guard: the run stops (the last good set saved) when the "
+                                    "matching loss, or the RMS of the synthetic images or text embeddings, "
+                                    "exceeds this many times its value at the start (0: no guard)")
     resume: bool = doc(False, "continue from this run's distill checkpoint and keep already distilled "
                               "sets (`vldistill run RUN_DIR` sets it); false starts over")
 
@@ -234,7 +257,8 @@ class DistillConfig:
         _positive(self, "n_pairs", "iterations", "syn_steps", "expert_epochs", "mini_batch",
                   "rank", "checkpoint_every", "max_bad_steps", "lr_teacher", "min_lr", "logit_scale", "eval_epochs")
         _non_negative(self, "lr_img", "lr_txt", "lr_lr", "lr_sim", "momentum_syn", "momentum_lr",
-                      "momentum_sim", "min_start_epoch", "loss_eps", "eval_every", "blend_alpha")
+                      "momentum_sim", "min_start_epoch", "loss_eps", "eval_every", "blend_alpha",
+                      "init_view_cache", "max_growth")
         _choice(self, "init", INITS)
         _choice(self, "init_draw", ("images", "captions"))
         _choice(self, "lr_param", ("linear", "log"))
@@ -469,6 +493,6 @@ def key_help(key: str) -> str:
     return ""
 
 
-__all__ = ["BATCHNORM_MODES", "Config", "ConfigError", "DataConfig", "DistillConfig", "EvalConfig",
+__all__ = ["ACCEPTABLE_DATA_CHECKS", "BATCHNORM_MODES", "RANDAUGMENTS", "Config", "ConfigError", "DataConfig", "DistillConfig", "EvalConfig",
            "EvalTowerConfig", "FIDELITY_MODES", "INITS", "LR_POLICIES", "RANK_RULE", "SweepConfig",
            "ModelConfig", "BufferConfig", "SELECTIONS", "doc", "key_help", "section_class"]

@@ -9,7 +9,9 @@ resumed run continues exactly where the interrupted one was (`vldistill.checkpoi
 
 Faults: an iteration whose matching loss or any gradient (images, texts, similarity, lrs) is
 not finite is skipped before the update and counted; `max_bad_steps` in a row stop the run
-with `NonFiniteError`, the last good checkpoint kept. An lr update that would make a learned
+with `NonFiniteError`, the last good checkpoint kept. A run that grows past `max_growth`
+while staying finite stops with `DivergedError` (`vldistill.divergence`), its last good set
+saved as SET_last_good. An lr update that would make a learned
 lr non-finite, zero (log underflow) or above `max_lr` is undone and reported; a linear lr is
 clamped at `min_lr`. No periodic checkpoint is written while the latest iteration was skipped,
 so the one on disk comes from a state that last gave a finite iteration. SIGINT/SIGTERM finish
@@ -30,6 +32,7 @@ from .checkpoint import BestSoFar, read_checkpoint, write_checkpoint
 from .config import Config
 from .coresets import coreset_pairs
 from .data import PreparedData
+from .divergence import DivergedError, GrowthGuard, rms, save_last_good
 from .errors import NonFiniteError, UserError
 from .evaluate import probe_set
 from .trajectories import TrajectoryStore, store_manifest, warn_if_other_recipe
@@ -37,6 +40,7 @@ from .interrupts import deferred_interrupts
 from .io import append_jsonl, remove_leftover_temps
 from .matching import MATCHERS, MatchOptions, sample_batches
 from .memory import check_distill_fits
+from .models.batchnorm import check_batchnorm
 from .models.student import FunctionalStudent, build_student
 from .similarity import configured_similarity
 from .synset import DistilledSet
@@ -64,7 +68,7 @@ def init_synthetic(cfg: Config, data: PreparedData, generator: torch.Generator,
     draw = data.real_pairs if d.init_draw == "images" else data.real_entries
     if d.init_augment:      # the augmentations draw from torch's generator: seed it from ours
         with seeds.seeded(int(torch.randint(2 ** 62, (1,), generator=generator))):
-            images, texts, captions = draw(d.n_pairs, generator, augment=True)
+            images, texts, captions = draw(d.n_pairs, generator, augment=True, view_cache=d.init_view_cache)
     else:
         images, texts, captions = draw(d.n_pairs, generator)
     if d.init == "noise":
@@ -84,6 +88,7 @@ class Distiller:
         self.sim_kind = d.sim_kind
         # seeded from a forked generator: built once, it describes the store and is the student
         student = build_student(cfg.model, data.dataset.image_size, data.text_dim, seed=0)
+        check_batchnorm(student, data.dataset.image_size, data.text_dim, {"distill.mini_batch": d.mini_batch})
         self.manifest = store.check(store_manifest(cfg, data, student))
         warn_if_other_recipe(self.manifest, cfg, store.dir)
         stored = self.manifest.get("epochs", [])
@@ -98,6 +103,8 @@ class Distiller:
         images, texts, self.init_captions = init_synthetic(cfg, data, self.generator, store, device)
         self.images = images.to(device).requires_grad_(True)
         self.texts = texts.to(device).requires_grad_(True)
+        self.guard = GrowthGuard(d.max_growth, {f"distill.{k}": getattr(d, k) for k in ("lr_img", "lr_txt", "lr_lr")})
+        self.guard.start.update(images=rms(self.images), texts=rms(self.texts))     # the set's: its initial RMS
         with seeds.seeded(seeds.derive_seed(cfg.seed, "similarity")):
             self.similarity = configured_similarity(d).to(device)
         init_lr = math.log(d.lr_teacher) if d.lr_param == "log" else d.lr_teacher
@@ -162,11 +169,18 @@ class Distiller:
         finite = math.isfinite(result.loss) and all(
             bool(torch.isfinite(p.grad).all()) for g in self.optimizer.param_groups
             for p in g["params"] if p.grad is not None)
-        lr_event = None
+        lr_event, growth = None, {}
+        stopped = {"stage": "distill", "method": self.method, "it": self.iteration + 1, "loss": result.loss,
+                   "expert": expert, "start_epoch": start_epoch}
         if finite:
+            growth = self.guard.check({"loss": result.loss}, self.iteration + 1, self.current_values(),
+                                      stopped)                                  # before the update
             lr_before = self._lr_state()
+            before = [t.detach().clone() for t in self._exported()] if self.ema is None and d.max_growth else self.ema
             self.optimizer.step()
             lr_event = self._keep_lrs_valid(lr_before)
+            growth |= self.guard.check({"images": rms(self.images), "texts": rms(self.texts)},
+                                       self.iteration + 1, before, stopped)
             self._update_ema()
             self.bad_in_a_row = 0
             self.best.observe(result.loss)
@@ -179,7 +193,10 @@ class Distiller:
                   "loss": result.loss, "loss_img": result.loss_img, "loss_txt": result.loss_txt,
                   "lr_img": lr_img, "lr_txt": lr_txt, "grad_lr_img": result.grad_lr_img,
                   "grad_lr_txt": result.grad_lr_txt, "expert": expert, "start_epoch": start_epoch,
-                  "skipped": not finite, "lr_event": lr_event, "seconds": time.time() - start_time}
+                  "skipped": not finite, "lr_event": lr_event, "seconds": time.time() - start_time,
+                  "growth": {k: round(v, 4) for k, v in growth.items()}}
+        if d.merge_branches:        # `loss` is the merged ratio; the reference logs this sum instead
+            record["loss_branch_sum"] = result.branch_sum
         if self.bad_in_a_row >= d.max_bad_steps:
             raise NonFiniteError(
                 f"{self.bad_in_a_row} iterations in a row gave a non-finite matching loss or "
@@ -275,6 +292,7 @@ class Distiller:
         state["generator"] = self.generator.get_state()
         state["expert_queue"] = torch.tensor(self.expert_queue, dtype=torch.long)
         state["counters"] = torch.tensor([self.iteration, self.bad_in_a_row, self.skipped])
+        state["guard.start"] = self.guard.state_tensor()
         return state | self.best.state_tensors()
 
     @torch.no_grad()
@@ -291,6 +309,7 @@ class Distiller:
         self.generator.set_state(state["generator"])
         self.expert_queue = state["expert_queue"].tolist()
         self.iteration, self.bad_in_a_row, self.skipped = (int(v) for v in state["counters"])
+        self.guard.load(state.get("guard.start"))
         self.best.load(state)
 
 
@@ -315,6 +334,9 @@ def run_distill(cfg: Config, data: PreparedData, store: TrajectoryStore, set_pat
     elif checkpoint_path.is_file():
         log.warning("distill.resume=false: %s starts over; the checkpoint in %s will be overwritten",
                     method, checkpoint_path)
+    if cfg.distill.merge_branches:
+        log.info("%s: `loss` (logged, and the best window's) is the merged ratio minimised; `loss_branch_sum` "
+                 "is the per-branch ratios' sum, what the LoRS and RepBlend code log", method)
     card = {"dataset": data.dataset.name, "dataset_fingerprint": data.dataset.fingerprint,
             "image_tower": cfg.model.image_tower, "text_tower": cfg.model.text_tower,
             "image_size": data.dataset.image_size, "mean": list(data.dataset.mean),
@@ -328,8 +350,11 @@ def run_distill(cfg: Config, data: PreparedData, store: TrajectoryStore, set_pat
         while distiller.iteration < total:
             try:
                 record = distiller.step()
-            except NonFiniteError as err:       # the iteration that ends the run is logged too
+            except (NonFiniteError, DivergedError) as err:      # the iteration that ends the run is logged too
                 append_jsonl(metrics_path, err.record)
+                if isinstance(err, DivergedError):
+                    last_good = distiller.export(card | {"stopped": str(err)}, values=err.values)
+                    raise save_last_good(err, last_good, set_path, checkpoint_path) from None
                 raise
             append_jsonl(metrics_path, record)
             bar.set_postfix(loss=f"{record['loss']:.3f}", lr_img=f"{record['lr_img']:.3g}")

@@ -76,6 +76,12 @@ DIFFERENCES: tuple[Difference, ...] = (
                ("when training augments", "false"),
                "with augmentation on, each synthetic image starts as one random augmented view",
                "the plain resized image"),
+    Difference("distill.init_view_cache", 100, 0, ("100", "0"),
+               "its Flickr30k loader caches the transformed image (`lru_cache(maxsize=100)` on "
+               "`read_image`), so a pair drawn from one of the last 100 images read starts from "
+               "that image's augmented view",
+               "each pair its own view (with init_draw captions, two pairs of one image start "
+               "apart); the views drawn are the reference's wherever no image repeats"),
     Difference("distill.lr_grad", "branch", "exact", ("branch", "exact"),
                "with merged branches, each learned lr's gradient still uses its own branch's "
                "denominator (d_img / (d_img + d_txt) of the merged gradient for lr_img)",

@@ -15,7 +15,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .errors import MissingFileError, UserError
+from .errors import MissingFileError, UserError, WriteError, os_error_message
 
 
 def _umask() -> int:
@@ -28,19 +28,27 @@ _FILE_MODE = 0o666 & ~_umask()      # what open() would give; mkstemp alone give
 
 
 def _atomic(path: str | Path, write: Callable[[str], None]) -> Path:
+    """Write through a temporary file renamed over `path`. A failure (disk full, no permission,
+    a folder that is a file) raises `WriteError` naming the file, and leaves its previous
+    version as it was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
         write(tmp)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as err:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(err, (OSError, SafetensorError)):
+            kept = "its previous version is intact" if path.is_file() else "nothing was written"
+            raise WriteError(f"could not write {str(path)!r}: {os_error_message(err, path='')}; "
+                             f"{kept}") from None
         raise
     _fsync_dir(path.parent)
     return path

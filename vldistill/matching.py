@@ -53,6 +53,8 @@ class MatchResult:
     loss_txt: float
     grad_lr_img: float
     grad_lr_txt: float
+    branch_sum: float = float("nan")    # sum of each branch's ratio over its own distance: `loss`
+                                        # unmerged; merged, what the LoRS / RepBlend code logs
 
 
 def sample_batches(n: int, batch: int, steps: int, generator: torch.Generator,
@@ -109,6 +111,11 @@ def _ratios(res_img: torch.Tensor, res_txt: torch.Tensor, dist_img: torch.Tensor
     """Each branch's share of the matching loss, and the denominators it used."""
     denom_img, denom_txt = (dist_img + dist_txt,) * 2 if merge else (dist_img, dist_txt)
     return res_img.pow(2).sum() / denom_img, res_txt.pow(2).sum() / denom_txt, denom_img, denom_txt
+
+
+def _branch_sum(res_img: torch.Tensor, res_txt: torch.Tensor, dist_img: torch.Tensor,
+                dist_txt: torch.Tensor) -> float:
+    return float(res_img.detach().pow(2).sum() / dist_img + res_txt.detach().pow(2).sum() / dist_txt)
 
 
 def tesla_match(student: FunctionalStudent, images: torch.Tensor, texts: torch.Tensor,
@@ -188,6 +195,7 @@ def tesla_match(student: FunctionalStudent, images: torch.Tensor, texts: torch.T
         loss=float(loss_img + loss_txt), loss_img=float(loss_img), loss_txt=float(loss_txt),
         grad_lr_img=float(-2.0 * (res_img * grad_sum_img).sum() / lr_denom_img),
         grad_lr_txt=float(-2.0 * (res_txt * grad_sum_txt).sum() / lr_denom_txt),
+        branch_sum=_branch_sum(res_img, res_txt, dist_img, dist_txt),
     )
 
 
@@ -223,7 +231,8 @@ def unroll_match(student: FunctionalStudent, images: torch.Tensor, texts: torch.
     if not (options.lr_grad == "branch" and options.merge_branches):
         grad_lr_img, grad_lr_txt = eta_img.grad, eta_txt.grad
     loss_img, loss_txt = float(loss_img.detach()), float(loss_txt.detach())
-    return MatchResult(loss_img + loss_txt, loss_img, loss_txt, float(grad_lr_img), float(grad_lr_txt))
+    return MatchResult(loss_img + loss_txt, loss_img, loss_txt, float(grad_lr_img), float(grad_lr_txt),
+                       _branch_sum(phi - phi_star, psi - psi_star, dist_img, dist_txt))
 
 
 # `distill.matching: NAME`: fn(student, images, texts, similarity, lr_img, lr_txt, start, target,

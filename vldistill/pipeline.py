@@ -9,7 +9,7 @@ from pathlib import Path
 from . import distributed
 from .ceilings import split_ceilings
 from .config import Config
-from .data import PreparedData, prepare_data
+from .data import CaptionDataset, PreparedData, prepare_data
 from .distill import run_distill
 from .figures import read_metrics
 from .html_report import ReportInputs, write_report
@@ -76,6 +76,8 @@ def stage_eval(run: Run, data: PreparedData, sets: dict[str, DistilledSet],
                              split_ceilings(data.dataset.test))
     external = set_paths is not None
     results["sets"] = {m: str(p) for m, p in (set_paths or {m: run.set_path(m) for m in sets}).items()}
+    if data.dataset.checks:             # data checks passed on purpose (data.accept)
+        results["data_accepted"] = data.dataset.checks
     path = run.dir / "results.json"
     if external and path.is_file():
         results = merge_results(read_json(path), results)
@@ -111,9 +113,10 @@ def existing_sets(run: Run) -> dict[str, DistilledSet]:
             if run.set_path(m).with_suffix(".safetensors").is_file()}
 
 
-def run_all(run: Run) -> str:
-    """buffer -> distill -> evaluate -> report; returns the results table."""
-    data = prepare_data(run.cfg, str(run.device))
+def run_all(run: Run, dataset: CaptionDataset | None = None) -> str:
+    """buffer -> distill -> evaluate -> report (over `dataset` when the pre-flight built it);
+    returns the results table."""
+    data = prepare_data(run.cfg, str(run.device), dataset)
     stage_buffer(run, data)
     sets = stage_distill(run, data)
     stage_eval(run, data, sets)

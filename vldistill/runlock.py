@@ -212,8 +212,7 @@ def acquire(folder: str | Path, force_unlock: bool = False) -> RunLock:
             _HELD[path] = RunLock(path, owner)      # ours from an earlier open in this process
             return _HELD[path]
         if owner.alive_here():
-            raise RunLockedError(f"{folder} is in use by {owner.describe()}: wait for it to finish "
-                                 "or stop it, or use another run_dir")
+            raise RunLockedError(_in_use(folder, owner))
         reason = owner.gone_because(me) or ("--force-unlock was given" if force_unlock else None)
         if reason is None:
             why = ("it cannot be read" if owner.token == UNREADABLE else
@@ -250,6 +249,19 @@ def _take_over(path: Path, stale: Owner, me: Owner) -> bool:
         return False
     aside.unlink(missing_ok=True)
     return _try_create(path, me)
+
+
+def _in_use(folder: Path, owner: Owner) -> str:
+    return f"{folder} is in use by {owner.describe()}: wait for it to finish or stop it, or use another run_dir"
+
+
+def in_use(folder: str | Path) -> str | None:
+    """Why `acquire` would refuse `folder` for sure (a live process on this host holds it), or None;
+    the pre-flight's check, which takes nothing."""
+    owner = lock_owner(folder)
+    if owner is None or owner.same_process(Owner.me()) or not owner.alive_here():
+        return None
+    return _in_use(Path(folder), owner)
 
 
 def lock_owner(folder: str | Path) -> Owner | None:

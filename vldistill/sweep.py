@@ -21,6 +21,7 @@ from pathlib import Path
 from .config import RANK_RULE, Config
 from .config_merge import to_yaml
 from .configio import with_overrides
+from .data import CaptionDataset
 from .errors import UserError
 from .figures import save_sweep_plot
 from .io import read_json, write_json, write_text
@@ -58,7 +59,7 @@ def unit_configs(cfg: Config) -> dict[str, Config]:
     return units
 
 
-def run_unit(cfg: Config, force_unlock: bool = False) -> dict:
+def run_unit(cfg: Config, force_unlock: bool = False, dataset: CaptionDataset | None = None) -> dict:
     """One budget's (or full's) results.json: read back when it was written under this very
     config, else run (resuming whatever the unit's folder holds)."""
     from .pipeline import run_all
@@ -71,7 +72,7 @@ def run_unit(cfg: Config, force_unlock: bool = False) -> dict:
         return read_json(done)
     run = open_run(cfg, force_unlock)
     try:
-        run_all(run)
+        run_all(run, dataset)
     finally:
         if run.lock is not None:
             run.lock.release()
@@ -104,11 +105,11 @@ def gather(cfg: Config, results: dict[str, dict]) -> dict:
                       for label in results}}
 
 
-def run_sweep(cfg: Config, force_unlock: bool = False) -> str:
-    """Every unit in turn, then sweep.json, sweep.md and sweep.png; returns the table and the
-    answer (or, with sweep.only, what ran)."""
+def run_sweep(cfg: Config, force_unlock: bool = False, dataset: CaptionDataset | None = None) -> str:
+    """Every unit in turn (over `dataset` when the pre-flight built it), then sweep.json, sweep.md
+    and sweep.png; returns the table and the answer (or, with sweep.only, what ran)."""
     units = unit_configs(cfg)
-    results = {label: run_unit(unit, force_unlock) for label, unit in units.items()}
+    results = {label: run_unit(unit, force_unlock, dataset) for label, unit in units.items()}
     if cfg.sweep.only:
         return (f"sweep: budgets {cfg.sweep.only} done in {cfg.run_dir}; run `vldistill sweep` without "
                 "sweep.only to gather sweep.json")

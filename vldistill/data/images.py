@@ -12,7 +12,8 @@ e.g. paths, sizes and mtimes, and the image size), so later epochs and later run
 the encoded images again.
 
 Transforms follow the reference: train = RandomResizedCrop(scale 0.5-1, bicubic), horizontal
-flip, two RandAugment-style ops at magnitude 5/10; test = resize to a square, bicubic; both
+flip, two RandAugment-style ops at magnitude 5/10 (from LoRS's ten, or RepBlend's nine:
+data.randaugment); test = resize to a square, bicubic; both
 normalize with CLIP's mean/std. With the cache, train crops are taken from the cached square
 image rather than from the full-resolution file.
 """
@@ -113,6 +114,9 @@ _OPS = {
     "translate_y": lambda img, m: _affine(img, dy=10.0 * m * _sign()),
     "rotate": lambda img, m: _affine(img, angle=30.0 * m * _sign()),
 }
+# data.randaugment: the operations drawn from. LoRS passes BLIP's ten; RepBlend's list leaves
+# AutoContrast out (its data/__init__.py), so each other operation is drawn 1/9 of the time.
+RANDAUGMENT = {"lors": tuple(_OPS), "repblend": tuple(name for name in _OPS if name != "autocontrast")}
 
 
 @dataclass
@@ -126,6 +130,7 @@ class ImageTransform:
     n_ops: int = 2
     magnitude: float = 0.5
     op_probability: float = 0.5
+    ops: tuple[str, ...] = RANDAUGMENT["lors"]        # drawn from, with replacement
 
     def __post_init__(self) -> None:
         self._mean = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1)
@@ -144,10 +149,9 @@ class ImageTransform:
                               antialias=True)
         if float(torch.rand(())) < 0.5:
             img = TF.horizontal_flip(img)
-        names = list(_OPS)
-        for k in torch.randint(len(names), (self.n_ops,)).tolist():
+        for k in torch.randint(len(self.ops), (self.n_ops,)).tolist():
             if float(torch.rand(())) < self.op_probability:
-                img = _OPS[names[k]](img, self.magnitude)
+                img = _OPS[self.ops[k]](img, self.magnitude)
         return img
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -278,7 +282,8 @@ def load_images(store: EncodedImages, data_cfg: "DataConfig", cache_dir: Path, s
     Returns:
         The image source over the kept images, their positions in `store`, and the skipped ones.
     """
-    transform = ImageTransform(data_cfg.image_size, augment=train and not data_cfg.no_aug)
+    transform = ImageTransform(data_cfg.image_size, augment=train and not data_cfg.no_aug,
+                               ops=RANDAUGMENT[data_cfg.randaugment])
     stamps = [store.stamp(i) for i in range(len(store))]
     bad = [(store.name(i), "is missing") for i, s in enumerate(stamps) if s is None]
     _refuse_bad(bad, data_cfg.skip_bad_images)

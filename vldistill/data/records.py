@@ -120,28 +120,29 @@ def three_splits(train: list[ImageCaptions], val: list[ImageCaptions] | None,
 def build_split(groups: list[ImageCaptions], images: Path | Locator, data_cfg: "DataConfig", cache_dir: Path,
                 split: str) -> CaptionSplit:
     """Normalize captions, drop caption-less and (if allowed) unreadable images, map the rest;
-    `images`: the folder the groups' paths are relative to, or the format's `Locator`."""
+    `images`: the folder the groups' paths are relative to, or the format's `Locator`. A caption
+    left blank by normalizing stays, for the data checks to refuse (or drop) by name."""
     locate = files_under(images) if isinstance(images, Path) else images
-    def clean(captions: list[str]) -> list[str]:
-        cleaned = (normalize_caption(c, data_cfg.max_words, data_cfg.caption_cleaner) for c in captions)
-        return [c for c in cleaned if c]
-    normalized = [(g.image, clean(g.captions)) for g in groups]
+    words = data_cfg.max_words if split == "train" else data_cfg.max_words_eval or data_cfg.max_words
+    normalized = [(g.image, [normalize_caption(c, words, data_cfg.caption_cleaner) for c in g.captions])
+                  for g in groups]
     with_captions = [(image, caps) for image, caps in normalized if caps]
     if len(with_captions) < len(normalized):
         first = next(image for image, caps in normalized if not caps)
-        log.warning("%s split: %d images have no (non-empty) caption and are left out (first: %s)",
+        log.warning("%s split: %d images have no caption and are left out (first: %s)",
                     split, len(normalized) - len(with_captions), first)
     if not with_captions:
         raise UserError(f"the {split} split has no image with a caption")
-    loaded = load_images(locate([image for image, _ in with_captions]), data_cfg, cache_dir, split,
-                         train=split == "train")
+    store = locate([image for image, _ in with_captions])
+    loaded = load_images(store, data_cfg, cache_dir, split, train=split == "train")
     kept = [with_captions[i] for i in loaded.kept]
     if not kept:
         raise UserError(f"the {split} split has no readable image left")
     captions = [c for _, caps in kept for c in caps]
     caption_image = torch.arange(len(kept)).repeat_interleave(
         torch.tensor([len(caps) for _, caps in kept]))
-    return CaptionSplit(loaded.source, captions, caption_image, [image for image, _ in kept])
+    return CaptionSplit(loaded.source, captions, caption_image, [image for image, _ in kept],
+                        files=[store.name(i) for i in loaded.kept] if isinstance(store, ImageFiles) else [])
 
 
 def build_caption_dataset(name: str, groups: dict[str, list[ImageCaptions]], images: Path | Locator,

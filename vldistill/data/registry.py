@@ -23,9 +23,11 @@ DATASETS: Registry[Callable[..., CaptionDataset]] = Registry("dataset")
 
 def build_dataset(data_cfg: "DataConfig", cache_dir: str | Path | None = None) -> CaptionDataset:
     """The dataset `data_cfg.name` names, built from `data_cfg` and its options block
-    (`data.dataset_args.NAME`), caching under `cache_dir`."""
+    (`data.dataset_args.NAME`, caching under `cache_dir`), once it passes the data checks every
+    format goes through (`vldistill.data.checks`)."""
+    from .checks import check_dataset
     from .text_cache import default_cache_dir
     name = data_cfg.name
-    build = DATASETS.get(name)
     options = DATASETS.options(name, data_cfg.dataset_args.get(name), f"data.dataset_args.{name}")
-    return build(data_cfg, Path(cache_dir) if cache_dir else default_cache_dir(), **options)
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    return check_dataset(DATASETS.get(name)(data_cfg, cache_dir, **options), data_cfg.accept, cache_dir)

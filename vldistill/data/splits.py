@@ -82,7 +82,9 @@ class CaptionSplit:
     """One split. Captions are normalized; `caption_image[j]` is the image of caption j.
 
     A dataset that knows which captions are true of which images (the embedded ones, from
-    their scene descriptions) gives `truth_fn`; the others leave it None.
+    their scene descriptions) gives `truth_fn`; the others leave it None. Images read from
+    files name them in `files` (resolved paths), which the data checks compare and hash
+    (`vldistill.data.checks`).
     """
 
     images: ImageSource
@@ -90,6 +92,7 @@ class CaptionSplit:
     caption_image: torch.Tensor         # (n_captions,) long: txt2img
     image_names: list[str] = field(default_factory=list)
     truth_fn: Optional[Callable[[], torch.Tensor]] = field(default=None, repr=False, compare=False)
+    files: list[str] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
         if len(self.captions) != len(self.caption_image):
@@ -139,6 +142,7 @@ class CaptionDataset:
     mean: tuple[float, float, float]    # normalization the images were given
     std: tuple[float, float, float]
     image_size: int
+    checks: dict = field(default_factory=dict)      # data checks passed on purpose (data.accept)
 
     @property
     def fingerprint(self) -> str:

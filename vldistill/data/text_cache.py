@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 
 from ..io import read_tensors, write_tensors
 from ..models.text_towers import TextTower
@@ -30,12 +31,27 @@ def cache_key(identity: str, unique_captions: list[str]) -> str:
     return h.hexdigest()[:24]
 
 
+def cache_path(tower: TextTower, unique_captions: list[str], cache_dir: str | Path | None = None) -> Path:
+    """Where the embeddings of these (sorted, unique) captions by this tower are cached."""
+    directory = Path(cache_dir) if cache_dir else default_cache_dir()
+    return directory / "text" / f"{cache_key(tower.identity, unique_captions)}.safetensors"
+
+
+def cached_dim(tower: TextTower, captions: list[str], cache_dir: str | Path | None = None) -> int | None:
+    """The width of these captions' cached embeddings, read from the file's header without loading
+    the tower; None when they are not cached yet."""
+    path = cache_path(tower, sorted(set(captions)), cache_dir)
+    if not path.is_file():
+        return None
+    with safe_open(str(path), framework="pt") as handle:
+        return int(handle.get_slice("embeddings").get_shape()[1])
+
+
 def embed_captions(tower: TextTower, captions: list[str], cache_dir: str | Path | None = None,
                    batch_size: int = 256) -> torch.Tensor:
     """Embeddings (len(captions), dim), one row per caption entry, from the cache when present."""
     unique = sorted(set(captions))
-    directory = Path(cache_dir) if cache_dir else default_cache_dir()
-    path = directory / "text" / f"{cache_key(tower.identity, unique)}.safetensors"
+    path = cache_path(tower, unique, cache_dir)
     if path.is_file():
         table = read_tensors(path)["embeddings"]
     else:
