@@ -155,7 +155,7 @@ CORNERS = ["top left", "top right", "bottom left", "bottom right"]
 
 
 def colors(data_cfg, cache_dir, *, n_train, seed) -> CaptionDataset:     # data.name=colors
-    """Squares of one colour with a white quarter, each captioned with both."""
+    """Grainy squares of one colour with a white quarter, each captioned with both."""
     size, half, names = data_cfg.image_size, data_cfg.image_size // 2, list(PALETTE)
     generator = torch.Generator().manual_seed(seed)
 
@@ -164,6 +164,8 @@ def colors(data_cfg, cache_dir, *, n_train, seed) -> CaptionDataset:     # data.
         corner = torch.randint(4, (n,), generator=generator).tolist()
         pixels = torch.tensor([PALETTE[names[c]] for c in colour], dtype=torch.uint8)
         pixels = pixels[:, :, None, None].repeat(1, 1, size, size)             # (n, 3, size, size)
+        grain = torch.randint(20, pixels.shape, generator=generator, dtype=torch.uint8)
+        pixels = pixels - grain          # grain: no two images equal, so the splits share no content
         for i, k in enumerate(corner):
             pixels[i, :, k // 2 * half:(k // 2 + 1) * half, k % 2 * half:(k % 2 + 1) * half] = 255
         captions = [f"a {names[c]} square white at the {CORNERS[k]}" for c, k in zip(colour, corner)]
