@@ -121,6 +121,6 @@ def test_same_process_may_reopen_and_release_is_counted(tmp_path):
 def test_cli_releases_the_lock_after_an_error(tmp_path, cache_dir, capsys):
     run_dir = tmp_path / "run"          # an error the pre-flight cannot see: a store of another tower
     code, err = run_cli(capsys, "distill", "configs/tiny.yaml", f"run_dir={run_dir}", f"cache_dir={cache_dir}",
-                        f"buffer.dir={tiny_store(cache_dir)}", "eval.methods=[lors]", "model.convnet_width=16", *FAST)
-    assert code == 2 and "was made with convnet=[8, 2], this run has convnet=[16, 2]" in err
+                        f"buffer.dir={tiny_store(cache_dir)}", "eval.methods=[lors]", "model.image_tower_args.convnet.width=16", *FAST)
+    assert code == 2 and 'was made with image_tower_args={"width": 8, "depth": 2}, this run has image_tower_args={"width": 16' in err
     assert (run_dir / "config.yaml").is_file() and runlock.lock_owner(run_dir) is None
