@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Sequence, TYPE_CHECKING, TypeVar
 
 from ..errors import MissingFileError, UserError
+from .examples import example_captions, write_images
 from .records import ImageCaptions, build_caption_dataset, group_by_image, three_splits
 from .registry import DATASETS
 from .splits import CaptionDataset
@@ -128,7 +129,19 @@ def _stamp(table: Any) -> str:
     return ";".join(f"{s.st_size}:{s.st_mtime_ns}" for s in stats) or str(len(table))
 
 
-@DATASETS.register("hf")
+def tiny_hf(folder: Path) -> list[str]:
+    """Six images with a list of captions each, one table written by `save_to_disk` (val and
+    test held out of it)."""
+    import datasets
+    names = write_images(folder / "images", [f"p{i}.png" for i in range(6)])
+    features = datasets.Features({"image": datasets.Image(), "caption": datasets.Sequence(datasets.Value("string"))})
+    table = datasets.Dataset.from_dict({"image": [str(folder / "images" / name) for name in names],
+                                        "caption": [[caption] for caption in example_captions(6)]}, features)
+    table.save_to_disk(str(folder / "saved"))
+    return ["data.name=hf", f"data.image_root={folder / 'saved'}"]
+
+
+@DATASETS.register("hf", example=tiny_hf)
 def build_hf(data_cfg: "DataConfig", cache_dir: Path) -> CaptionDataset:
     """The train/validation/test splits of a dataset saved by `datasets` (image + caption columns)."""
     import datasets

@@ -9,10 +9,12 @@ test folder is held out of train). Other columns are ignored, as `datasets` woul
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import MissingFileError, UserError
+from .examples import example_captions, write_images
 from .hf import SPLIT_NAMES, named_splits
 from .records import ImageCaptions, build_caption_dataset, image_root, three_splits
 from .registry import DATASETS
@@ -40,7 +42,16 @@ def read_metadata(path: Path, root: Path, cols: Columns) -> list[ImageCaptions]:
     return [ImageCaptions(str(prefix / g.image), g.captions) for g in groups]
 
 
-@DATASETS.register("imagefolder")
+def tiny_imagefolder(folder: Path) -> list[str]:
+    """Six images and their metadata.jsonl (`file_name`, `text`) at the top: one split, val and
+    test held out of it."""
+    names = write_images(folder, [f"p{i}.png" for i in range(6)])
+    (folder / "metadata.jsonl").write_text("".join(json.dumps({"file_name": name, "text": caption}) + "\n"
+                                                   for name, caption in zip(names, example_captions(6))))
+    return ["data.name=imagefolder", f"data.image_root={folder}"]
+
+
+@DATASETS.register("imagefolder", example=tiny_imagefolder)
 def build_imagefolder(data_cfg: "DataConfig", cache_dir: Path) -> CaptionDataset:
     """An imagefolder dataset: one metadata file, or one per split folder."""
     root = image_root(data_cfg)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .examples import example_captions, write_images
 from .folder import given_splits
 from .records import annotation_path, build_caption_dataset, image_root
 from .registry import DATASETS
@@ -25,7 +26,17 @@ if TYPE_CHECKING:
 OPENCLIP_COLUMNS = ("filepath", "title")
 
 
-@DATASETS.register("openclip")
+def tiny_openclip(folder: Path) -> list[str]:
+    """Six images and a tab-separated train.csv naming them by absolute path (`filepath`,
+    `title`, and a column open_clip ignores); val and test held out of it."""
+    names = write_images(folder / "images", [f"p{i}.png" for i in range(6)])
+    rows = [f"{k}\t{folder / 'images' / name}\t{caption}\n"
+            for k, (name, caption) in enumerate(zip(names, example_captions(6)))]
+    (folder / "train.csv").write_text("uid\tfilepath\ttitle\n" + "".join(rows))
+    return ["data.name=openclip", f"data.ann_root={folder}", "data.train_json=train.csv"]
+
+
+@DATASETS.register("openclip", example=tiny_openclip)
 def build_openclip(data_cfg: "DataConfig", cache_dir: Path) -> CaptionDataset:
     """open_clip's CSV (and its held-out CSVs) over the images it names."""
     cols = columns(data_cfg, *OPENCLIP_COLUMNS)

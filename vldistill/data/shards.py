@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from ..errors import MissingFileError, UserError
 from ..io import read_json, write_text
+from .examples import example_captions, write_images
 from .records import ImageCaptions, build_caption_dataset, image_root, three_splits
 from .registry import DATASETS
 from .splits import CaptionDataset
@@ -208,7 +209,22 @@ def split_shards(data_cfg: "DataConfig", root: Path) -> dict[str, list[Path] | N
     return {"train": train, "val": given.get("val"), "test": given.get("test")}
 
 
-@DATASETS.register("webdataset")
+def tiny_webdataset(folder: Path) -> list[str]:
+    """Six images in two shards as img2dataset writes them (KEY.png + KEY.txt); val and test held
+    out of them."""
+    import webdataset as wds
+    names = write_images(folder / "images", [f"p{i}.png" for i in range(6)])
+    captions = example_captions(6)
+    (folder / "shards").mkdir(parents=True, exist_ok=True)
+    for s in range(2):
+        with wds.TarWriter(str(folder / "shards" / f"{s:05d}.tar"), encoder=False) as writer:
+            for k in range(3 * s, 3 * s + 3):
+                writer.write({"__key__": f"{k:09d}", "png": (folder / "images" / names[k]).read_bytes(),
+                              "txt": captions[k].encode()})
+    return ["data.name=webdataset", f"data.image_root={folder / 'shards'}"]
+
+
+@DATASETS.register("webdataset", example=tiny_webdataset)
 def build_webdataset(data_cfg: "DataConfig", cache_dir: Path) -> CaptionDataset:
     """Samples of tar shards: captions from the pass, images by the index."""
     root = image_root(data_cfg)
