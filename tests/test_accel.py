@@ -1,4 +1,4 @@
-"""bf16 autocast and channels_last placement of training/evaluation students (vldistill.accel)."""
+"""bf16 autocast and channels_last placement of training/evaluation students (vldistill.models.accel)."""
 from __future__ import annotations
 
 import logging
@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from vldistill import accel
+from vldistill.models import accel
 from vldistill.models.image_towers import ConvNet
 from vldistill.models.student import DualEncoder
 from vldistill.training import contrastive_step, sgd_for_student
@@ -47,7 +47,7 @@ def test_bf16_runs_the_towers_in_bf16_and_keeps_logits_and_weights_fp32(monkeypa
 def test_bf16_without_native_support_falls_back_to_fp32(monkeypatch, caplog):
     monkeypatch.setattr(accel, "native_bf16", lambda device: False)
     monkeypatch.setattr(accel, "_warned", set())
-    with caplog.at_level(logging.WARNING, logger="vldistill.accel"):
+    with caplog.at_level(logging.WARNING, logger="vldistill.models.accel"):
         model = accel.prepare_student(_student(), torch.device("cpu"), "bf16")
     assert model.autocast_dtype is None and "no native bf16" in caplog.text
 

@@ -14,7 +14,7 @@ from vldistill.losses import soft_contrastive_loss
 from vldistill.matching import MATCHERS, MatchOptions, sample_batches, tesla_match, unroll_match
 from vldistill.models.image_towers import ConvNet
 from vldistill.models.student import Blend, DualEncoder, FunctionalStudent
-from vldistill.seeds import seeded
+from vldistill.runtime.seeds import seeded
 from vldistill.similarity import build_similarity
 
 

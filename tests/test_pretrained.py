@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vldistill.errors import UserError
-from vldistill.io import read_tensors, read_tensors_and_metadata, write_tensors
+from vldistill.runtime.io import read_tensors, read_tensors_and_metadata, write_tensors
 from vldistill.losses import soft_contrastive_loss
 from vldistill.matching import MatchOptions, sample_batches, tesla_match
 from vldistill.models import pretrained

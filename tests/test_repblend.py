@@ -17,7 +17,7 @@ from vldistill.configio import load_config
 from vldistill.data import prepare_data
 from vldistill.methods import method_config
 from vldistill.models.student import Blend, FunctionalStudent, build_student
-from vldistill.seeds import seeded
+from vldistill.runtime.seeds import seeded
 from vldistill.trajectories import TrajectoryStore
 from vldistill.training import sgd_for_student
 

@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from reliability_helpers import FAST, TINY, copy_store, distill_records, run_cli, tiny_store
-from vldistill import runlock
+from vldistill.runtime import runlock
 from vldistill.checkpoint import read_checkpoint
 from vldistill.errors import UserError
-from vldistill.interrupts import REQUEUE_EXIT, Interrupted, deferred_interrupts
-from vldistill.io import append_jsonl, read_tensors_and_metadata
+from vldistill.runtime.interrupts import REQUEUE_EXIT, Interrupted, deferred_interrupts
+from vldistill.runtime.io import append_jsonl, read_tensors_and_metadata
 
 ITERATIONS = 6          # checkpoints at 2, 4, 6 (tiny.yaml: checkpoint_every 2)
 
@@ -272,7 +272,7 @@ def test_scheduler_signal_mid_seed_keeps_finished_seeds_and_resume_matches(tmp_p
 
 
 def test_expert_write_interrupted_leaves_no_expert(tmp_path, cache_dir, monkeypatch):
-    import vldistill.io as vio
+    import vldistill.runtime.io as vio
     from vldistill.trajectories import Snapshot, TrajectoryStore
     store = TrajectoryStore(copy_store(cache_dir, tmp_path / "store"))
     real_save = vio.save_file

@@ -16,7 +16,7 @@ from typing import Callable
 
 from .config import Config
 from .errors import UserError, os_error_message
-from .io import read_json
+from .runtime.io import read_json
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
 
 def cmd_buffer(args: argparse.Namespace) -> None:
-    from . import distributed
+    from .runtime import distributed
     from .data import prepare_data
     from .pipeline import stage_buffer
     run, dataset = _open(args)
@@ -102,7 +102,7 @@ def _method_of(synthetic) -> str:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from . import distributed
+    from .runtime import distributed
     from .data import prepare_data
     from .methods import distilled_methods
     from .pipeline import stage_eval
@@ -278,8 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     # nothing is downloaded: Hugging Face libraries read local folders only
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    from . import distributed, runlock     # (import torch; kept out of `--help`)
-    from .interrupts import REQUEUE_EXIT, terminate_as_interrupt
+    from .runtime import distributed, runlock     # (import torch; kept out of `--help`)
+    from .runtime.interrupts import REQUEUE_EXIT, terminate_as_interrupt
     try:
         if command.single_process and distributed.context().world_size > 1:
             raise UserError(f"`vldistill {name}` runs as one process (distill needs one GPU); "

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from . import seeds
+from .runtime import seeds
 from .checkpoint import BestSoFar, read_checkpoint, write_checkpoint
 from .config import Config
 from .coresets import coreset_pairs
@@ -36,8 +36,8 @@ from .divergence import DivergedError, GrowthGuard, rms, save_last_good
 from .errors import NonFiniteError, UserError
 from .evaluate import probe_set
 from .trajectories import TrajectoryStore, store_manifest, warn_if_other_recipe
-from .interrupts import deferred_interrupts
-from .io import append_jsonl, remove_leftover_temps
+from .runtime.interrupts import deferred_interrupts
+from .runtime.io import append_jsonl, remove_leftover_temps
 from .matching import MATCHERS, MatchOptions, sample_batches
 from .memory import check_distill_fits
 from .models.batchnorm import check_batchnorm
@@ -319,7 +319,7 @@ def run_distill(cfg: Config, data: PreparedData, store: TrajectoryStore, set_pat
     """Distill (resuming from `checkpoint_path` when it exists and distill.resume is set).
 
     Also writes the best-so-far set (`vldistill.checkpoint.BestSoFar`) next to the final one,
-    as SET_best.{safetensors,json}. Call it only while holding the run lock (`vldistill.runlock`).
+    as SET_best.{safetensors,json}. Call it only while holding the run lock (`vldistill.runtime.runlock`).
     """
     check_distill_fits(cfg, data.dataset.image_size, data.text_dim, device)   # logs; refuses
     distiller = Distiller(cfg, data, store, device, method)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from .accel import prepare_student
+from .models.accel import prepare_student
 from .augment import augment
 from .config import Config
 from .data import PreparedData
@@ -32,7 +32,7 @@ from .models.pretrained import IMAGENET
 from .models.student import DualEncoder, build_student
 from .registry import tower_family
 from .repblend import real_data_for, set_inputs
-from .seeds import derive_seed, seeded
+from .runtime.seeds import derive_seed, seeded
 from .synset import DistilledSet
 from .similarity import IdentitySimilarity
 from .training import contrastive_step, retrieval_metrics, sgd_for_student, train_epoch_on_pairs

@@ -16,14 +16,15 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from . import __version__, distributed
-from .accel import prepare_student
+from . import __version__
+from .runtime import distributed
+from .models.accel import prepare_student
 from .config import Config
 from .data import PreparedData
 from .errors import UserError
 from .models.student import FunctionalStudent, build_student
 from .repblend import real_data_for
-from .seeds import derive_seed
+from .runtime.seeds import derive_seed
 from .training import retrieval_metrics, sgd_for_student, train_epoch_on_pairs
 from .trajectories import Snapshot, TrajectoryStore, epochs_to_keep, expert_recipe, store_manifest
 

@@ -23,7 +23,7 @@ import torch
 
 from .figures import (denormalize, save_image_grid, save_pair_panel, save_similarity_heatmap,
                       save_training_curves)
-from .io import write_text
+from .runtime.io import write_text
 from .report import (LEGEND, SetInspection, inspect_set, method_rows, results_notes, results_title,
                      tower_settings, transfer_rows)
 from .synset import DistilledSet

@@ -37,7 +37,7 @@ import torch
 from .losses import soft_contrastive_loss
 from .models.student import FunctionalStudent
 from .registry import Registry
-from .seeds import seeded
+from .runtime.seeds import seeded
 from .similarity import Similarity
 
 

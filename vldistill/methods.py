@@ -30,7 +30,7 @@ from typing import Callable
 
 import torch
 
-from . import distributed
+from .runtime import distributed
 from .config import Config
 from .config_merge import derive
 from .data import PreparedData
@@ -40,7 +40,7 @@ from .evaluate import (SELECTION_LABELS, EvalTower, SeedResult, eval_towers, ran
 from .registry import Registry
 from .retrieval import METRICS
 from .seedlog import SeedLog, settings_key
-from .seeds import derive_seed
+from .runtime.seeds import derive_seed
 from .synset import DistilledSet
 from .trajectories import TrajectoryStore
 

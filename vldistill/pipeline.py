@@ -6,14 +6,14 @@ import logging
 from dataclasses import asdict
 from pathlib import Path
 
-from . import distributed
+from .runtime import distributed
 from .ceilings import split_ceilings
 from .config import Config
 from .data import CaptionDataset, PreparedData, prepare_data
 from .distill import run_distill
 from .figures import read_metrics
 from .html_report import ReportInputs, write_report
-from .io import append_jsonl, read_json, write_json
+from .runtime.io import append_jsonl, read_json, write_json
 from .methods import EvalContext, distilled_methods, evaluate_all, method_config
 from .report import card_captions, results_table
 from .results import card_metrics, merge_results, results_record

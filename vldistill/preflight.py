@@ -27,12 +27,12 @@ from pathlib import Path
 
 import torch
 
-from . import distributed, runlock
+from .runtime import distributed, runlock
 from .config import Config
 from .data import CaptionDataset, build_dataset
 from .data.checks import DataCheckError
 from .data.text_cache import cached_dim, default_cache_dir
-from .environment import resolve_device
+from .runtime.environment import resolve_device
 from .errors import ProblemsError, UserError
 from .evaluate import eval_towers
 from .memory import check_distill_fits

@@ -32,7 +32,7 @@ from .config_merge import derive
 from .data import PreparedData
 from .data.splits import CaptionDataset, CaptionSplit, ordered_batches
 from .data.text_cache import default_cache_dir
-from .io import read_tensors, write_tensors
+from .runtime.io import read_tensors, write_tensors
 from .models.student import DualEncoder
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .errors import MissingFileError, UserError
-from .io import read_tensors, write_json, write_tensors
+from .runtime.io import read_tensors, write_json, write_tensors
 from .similarity import Similarity, similarity_from_state
 
 if TYPE_CHECKING:

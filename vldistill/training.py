@@ -17,7 +17,7 @@ from .errors import NonFiniteError
 from .losses import soft_contrastive_loss
 from .models.student import DualEncoder
 from .retrieval import recall_at_k
-from .seeds import seeded
+from .runtime.seeds import seeded
 
 
 class _PairBatches(Dataset):

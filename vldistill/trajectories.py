@@ -21,7 +21,7 @@ from safetensors import SafetensorError, safe_open
 
 from . import __version__
 from .errors import MissingFileError, UserError
-from .io import read_json, write_json, write_tensors
+from .runtime.io import read_json, write_json, write_tensors
 from .models.image_towers import IMAGE_TOWERS
 from .models.student import DualEncoder, FunctionalStudent
 from .registry import tower_family

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from ..seeds import seeded
+from ..runtime.seeds import seeded
 from ..registry import tower_family
 from .image_towers import create_image_tower
 
@@ -103,7 +103,7 @@ class DualEncoder(nn.Module):
         self.text_head = ProjectionHead(text_dim, width, dropout)
         self.logit_scale = 1.0 / temperature
         self.batchnorm = "frozen" if frozen_backbone else batchnorm
-        self.autocast_dtype: torch.dtype | None = None     # bf16 towers: see vldistill.accel
+        self.autocast_dtype: torch.dtype | None = None     # bf16 towers: see vldistill.models.accel
         self.train()
 
     @property
