@@ -1,6 +1,6 @@
 """Benchmark b: peak memory of one matching iteration as T grows.
 
-TESLA (`vldistill.matching.tesla_match`) keeps one step's graph whatever T is; the naive
+TESLA (`vldistill.algorithms.matching.tesla_match`) keeps one step's graph whatever T is; the naive
 unroll (MTT form) keeps all T. Goal: TESLA's peak grows by at most 15% from T = 4 to T = 32,
 the unroll's linearly. The peak is the tensor memory the iteration allocates beyond what was
 live before it (the set, the student, the expert snapshots): torch.cuda.max_memory_allocated

@@ -25,7 +25,7 @@ from _machine import add_machine_args, apply_machine_args, steady_clock, time_in
 from _workload import make_workload, tesla_iteration
 
 from vldistill.memory import device_memory
-from vldistill.similarity import build_similarity
+from vldistill.algorithms.similarity import build_similarity
 
 STATE_COPIES = 3            # parameter, gradient, momentum
 MB = 2**20

@@ -10,7 +10,7 @@ from torch import nn
 from vldistill.models import accel
 from vldistill.models.image_towers import ConvNet
 from vldistill.models.student import DualEncoder
-from vldistill.training import contrastive_step, sgd_for_student
+from vldistill.algorithms.training import contrastive_step, sgd_for_student
 
 
 def _student(seed: int = 0) -> DualEncoder:

@@ -10,7 +10,7 @@ from vldistill.ceilings import chance, oracle, split_ceilings
 from vldistill.config import DataConfig
 from vldistill.data import build_dataset
 from vldistill.data.shapes import make_shapes_split, _truth
-from vldistill.retrieval import METRICS, recall_at_k
+from vldistill.algorithms.retrieval import METRICS, recall_at_k
 
 
 def _split(n_images: int, scheme: str = "shapes", seed: int = 2):

@@ -171,7 +171,7 @@ def test_caption_less_image_is_left_out_and_a_blank_caption_refused(tmp_path, ca
 
 def test_file_vanishing_during_training_is_one_line_from_a_worker(tmp_path):
     """A DataLoader worker's decoding error reaches the caller as one line naming the file."""
-    from vldistill.training import pair_batches
+    from vldistill.algorithms.training import pair_batches
     write_karpathy(tmp_path, {"train": [1] * 4, "val": [1, 1], "test": [1, 1]})
     ds = build_dataset(data_cfg(*karpathy_overrides(tmp_path), "data.cache_images=false"),
                        tmp_path / "cache")

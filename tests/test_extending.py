@@ -18,13 +18,13 @@ from vldistill.cli import main
 from vldistill.config import ConfigError, doc
 from vldistill.configio import OPTION_BLOCKS, load_config, with_overrides
 from vldistill.data import DATASETS, CaptionDataset, CaptionSplit, TensorImages
-from vldistill.losses import LOSSES
-from vldistill.matching import MATCHERS, tesla_match
+from vldistill.algorithms.losses import LOSSES
+from vldistill.algorithms.matching import MATCHERS, tesla_match
 from vldistill.methods import METHODS, register_distilled, register_method, train_on_set
 from vldistill.models import IMAGE_TOWERS, TEXT_TOWERS, create_image_tower
 from vldistill.options import option_help
 from vldistill.registry import Registry
-from vldistill.similarity import SIMILARITIES, Similarity
+from vldistill.algorithms.similarity import SIMILARITIES, Similarity
 
 from reliability_helpers import FAST, TINY
 from test_datasets_real import check_dataset_builds

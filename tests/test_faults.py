@@ -14,9 +14,9 @@ import vldistill.distill as distill_module
 from reliability_helpers import FAST, run_cli, tiny_store
 from vldistill.distill import Distiller, NonFiniteError, run_distill
 from vldistill.divergence import DivergedError
-from vldistill.synset import DistilledSet
+from vldistill.algorithms.synset import DistilledSet
 from vldistill.trajectories import TrajectoryStore
-from vldistill.matching import MATCHERS, MatchResult
+from vldistill.algorithms.matching import MATCHERS, MatchResult
 
 CPU = torch.device("cpu")
 NAN = float("nan")

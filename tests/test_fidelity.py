@@ -14,10 +14,10 @@ from vldistill.configio import load_config
 from vldistill.data.splits import normalize_caption
 from vldistill.evaluate import SeedResult, train_on_set
 from vldistill.fidelity import DIFFERENCES, difference_table
-from vldistill.losses import soft_contrastive_loss
+from vldistill.algorithms.losses import soft_contrastive_loss
 from vldistill.methods import summarize
-from vldistill.similarity import build_similarity
-from vldistill.synset import DistilledSet
+from vldistill.algorithms.similarity import build_similarity
+from vldistill.algorithms.synset import DistilledSet
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"

@@ -9,10 +9,10 @@ from torch.profiler import ProfilerActivity, profile
 
 from vldistill import memory
 from vldistill.errors import UserError
-from vldistill.matching import MatchOptions, sample_batches, tesla_match, unroll_match
+from vldistill.algorithms.matching import MatchOptions, sample_batches, tesla_match, unroll_match
 from vldistill.models.image_towers import ConvNet
 from vldistill.models.student import DualEncoder, FunctionalStudent
-from vldistill.similarity import build_similarity
+from vldistill.algorithms.similarity import build_similarity
 
 
 def _peak_tensor_bytes(fn) -> int:

@@ -8,8 +8,8 @@ import torch
 from vldistill.cli import main
 from vldistill.configio import load_config
 from vldistill.trajectories import TrajectoryStore
-from vldistill.retrieval import METRICS
-from vldistill.synset import DistilledSet
+from vldistill.algorithms.retrieval import METRICS
+from vldistill.algorithms.synset import DistilledSet
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

@@ -107,7 +107,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from .methods import distilled_methods
     from .pipeline import stage_eval
     from .report import results_table
-    from .synset import DistilledSet
+    from .algorithms.synset import DistilledSet
     extra, overrides = _split_extra(args.overrides, ("set",))
     set_paths = None
     if "set" in extra:      # that set alone, plus the baselines only if eval.methods is given
@@ -158,7 +158,7 @@ def cmd_config(args: argparse.Namespace) -> None:
 def cmd_decode(args: argparse.Namespace) -> None:
     from .data import prepare_data
     from .report import decoded_text
-    from .synset import DistilledSet
+    from .algorithms.synset import DistilledSet
     synthetic = DistilledSet.load(args.target)
     cfg = _set_config(Path(args.target), synthetic, args.overrides)
     data = prepare_data(cfg)

@@ -2,7 +2,7 @@
 expert trajectories (LoRS on bi-trajectory matching, TESLA gradients).
 
 Each iteration picks an expert and a start epoch s, takes T student steps on the synthetic
-set from snapshot s and compares the result with snapshot s + M (`vldistill.matching`);
+set from snapshot s and compares the result with snapshot s + M (`vldistill.algorithms.matching`);
 SGD with momentum then updates the images, text embeddings, similarity parameters and lrs.
 All randomness of the stage comes from one generator whose state is checkpointed, so a
 resumed run continues exactly where the interrupted one was (`vldistill.checkpoint`).
@@ -38,12 +38,12 @@ from .evaluate import probe_set
 from .trajectories import TrajectoryStore, store_manifest, warn_if_other_recipe
 from .runtime.interrupts import deferred_interrupts
 from .runtime.io import append_jsonl, remove_leftover_temps
-from .matching import MATCHERS, MatchOptions, sample_batches
+from .algorithms.matching import MATCHERS, MatchOptions, sample_batches
 from .memory import check_distill_fits
 from .models.batchnorm import check_batchnorm
 from .models.student import FunctionalStudent, build_student
-from .similarity import configured_similarity
-from .synset import DistilledSet
+from .algorithms.similarity import configured_similarity
+from .algorithms.synset import DistilledSet
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ Towers: every method is evaluated on the tower the set was distilled with (`mode
 the `eval.*` recipe) and on each of `eval.towers` with its own recipe (cross-architecture).
 A tower with a frozen backbone (RepBlend) trains only the two heads, on the backbone's
 features: the set's computed once per student, the scored splits' read from the feature
-cache (`vldistill.repblend`); `eval.towers.*.frozen_backbone: false` evaluates a RepBlend set
+cache (`vldistill.algorithms.repblend`); `eval.towers.*.frozen_backbone: false` evaluates a RepBlend set
 under LoRS's protocol instead (the whole tower fine-tuned, no image head).
 """
 from __future__ import annotations
@@ -31,11 +31,11 @@ from .errors import MissingFileError, UserError
 from .models.pretrained import IMAGENET
 from .models.student import DualEncoder, build_student
 from .registry import tower_family
-from .repblend import real_data_for, set_inputs
+from .algorithms.repblend import real_data_for, set_inputs
 from .runtime.seeds import derive_seed, seeded
-from .synset import DistilledSet
-from .similarity import IdentitySimilarity
-from .training import contrastive_step, retrieval_metrics, sgd_for_student, train_epoch_on_pairs
+from .algorithms.synset import DistilledSet
+from .algorithms.similarity import IdentitySimilarity
+from .algorithms.training import contrastive_step, retrieval_metrics, sgd_for_student, train_epoch_on_pairs
 
 log = logging.getLogger(__name__)
 

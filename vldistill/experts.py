@@ -3,7 +3,7 @@
 Each expert is a fresh student trained with plain InfoNCE and SGD; after every epoch its
 image tower (phi; the image head over a frozen backbone) and text head (psi) are snapshotted
 as flat vectors into the trajectory store (`vldistill.trajectories`). Over a frozen backbone
-the experts read its cached features of the real images (`vldistill.repblend`) unless
+the experts read its cached features of the real images (`vldistill.algorithms.repblend`) unless
 buffer.backbone_per_batch. Only the epochs that distillation can read
 (0 .. max_start_epoch - 1 + expert_epochs) are kept unless `buffer.store_all_epochs`. A
 restarted buffer skips the experts already stored. With torchrun, each rank trains its share.
@@ -23,9 +23,9 @@ from .config import Config
 from .data import PreparedData
 from .errors import UserError
 from .models.student import FunctionalStudent, build_student
-from .repblend import real_data_for
+from .algorithms.repblend import real_data_for
 from .runtime.seeds import derive_seed
-from .training import retrieval_metrics, sgd_for_student, train_epoch_on_pairs
+from .algorithms.training import retrieval_metrics, sgd_for_student, train_epoch_on_pairs
 from .trajectories import Snapshot, TrajectoryStore, epochs_to_keep, expert_recipe, store_manifest
 
 log = logging.getLogger(__name__)

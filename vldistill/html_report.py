@@ -26,7 +26,7 @@ from .figures import (denormalize, save_image_grid, save_pair_panel, save_simila
 from .runtime.io import write_text
 from .report import (LEGEND, SetInspection, inspect_set, method_rows, results_notes, results_title,
                      tower_settings, transfer_rows)
-from .synset import DistilledSet
+from .algorithms.synset import DistilledSet
 
 
 @dataclass(kw_only=True)

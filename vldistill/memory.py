@@ -134,7 +134,7 @@ def check_distill_fits(cfg: "Config", image_size: int, text_dim: int,
     device: no memory) and refuse it when it cannot fit; None when no estimate can be made."""
     d = cfg.distill
     from .models.student import build_student
-    from .similarity import configured_similarity
+    from .algorithms.similarity import configured_similarity
     try:
         with torch.device("meta"):
             model = build_student(dataclasses.replace(cfg.model, pretrained_path=None), image_size, text_dim)

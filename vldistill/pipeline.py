@@ -19,7 +19,7 @@ from .report import card_captions, results_table
 from .results import card_metrics, merge_results, results_record
 from .seedlog import SeedLog
 from .rundir import Run
-from .synset import DistilledSet, update_card
+from .algorithms.synset import DistilledSet, update_card
 from .experts import run_buffer
 from .trajectories import TrajectoryStore
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .answer import verdict
-from .neighbours import knn
+from .algorithms.neighbours import knn
 
 COLUMNS = (("IR@1", "img_r1"), ("IR@5", "img_r5"), ("IR@10", "img_r10"),
            ("TR@1", "txt_r1"), ("TR@5", "txt_r5"), ("TR@10", "txt_r10"))

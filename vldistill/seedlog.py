@@ -20,7 +20,7 @@ import torch
 from .config import Config
 from .evaluate import SeedResult
 from .runtime.io import append_jsonl
-from .synset import DistilledSet
+from .algorithms.synset import DistilledSet
 
 _NOT_RESULTS = ("run_dir", "cache_dir")         # settings that never change a number
 

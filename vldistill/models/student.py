@@ -89,7 +89,7 @@ class DualEncoder(nn.Module):
     in eval mode (batch norm on its running statistics whatever `batchnorm` says), a fixed
     function B; a trainable `image_head` at its width follows. Inputs of
     shape (b, d) are then taken to be B's features already (the real-image feature cache,
-    `vldistill.repblend`) and go straight to the head. Blending (`forward(blend=...)`) is
+    `vldistill.algorithms.repblend`) and go straight to the head. Blending (`forward(blend=...)`) is
     what distillation's functional student asks for (`FunctionalStudent`); training the
     module itself (experts, evaluation) never blends.
     """

@@ -27,13 +27,13 @@ from pathlib import Path
 
 import torch
 
-from .config import Config
-from .config_merge import derive
-from .data import PreparedData
-from .data.splits import CaptionDataset, CaptionSplit, ordered_batches
-from .data.text_cache import default_cache_dir
-from .runtime.io import read_tensors, write_tensors
-from .models.student import DualEncoder
+from ..config import Config
+from ..config_merge import derive
+from ..data import PreparedData
+from ..data.splits import CaptionDataset, CaptionSplit, ordered_batches
+from ..data.text_cache import default_cache_dir
+from ..runtime.io import read_tensors, write_tensors
+from ..models.student import DualEncoder
 
 log = logging.getLogger(__name__)
 
