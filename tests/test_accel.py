@@ -71,8 +71,8 @@ def test_channels_last_placement_changes_the_layout_not_the_numbers(monkeypatch)
 def test_amp_reaches_expert_training_and_the_trajectory_stays_close(tiny_cfg, tiny_data, monkeypatch, tmp_path):
     """amp=bf16 changes how experts train (the stored epoch-1 weights differ from an fp32
     expert's), and only by bf16 rounding (same start, close end)."""
-    from vldistill.experts import run_buffer
-    from vldistill.trajectories import TrajectoryStore
+    from vldistill.buffer.experts import run_buffer
+    from vldistill.buffer.store import TrajectoryStore
     monkeypatch.setattr(accel, "native_bf16", lambda device: True)
     snapshots = {}
     for amp in ("none", "bf16"):

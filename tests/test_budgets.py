@@ -18,7 +18,7 @@ from vldistill.configio import load_config
 from vldistill.data import prepare_data
 from vldistill.evaluate import SeedResult, eval_towers, probe_set, random_pairs, train_on_set
 from vldistill.methods import METHODS, EvalContext, evaluate_method
-from vldistill.trajectories import TrajectoryStore
+from vldistill.buffer.store import TrajectoryStore
 
 
 def _cfg(cache_dir, *overrides):

@@ -10,7 +10,7 @@ from vldistill import evaluate, methods
 from vldistill.cli import main
 from vldistill.evaluate import _EpochSelector, eval_towers
 from vldistill.methods import EvalContext, evaluate_all, summarize
-from vldistill.trajectories import Snapshot, TrajectoryStore, store_manifest
+from vldistill.buffer.store import Snapshot, TrajectoryStore, store_manifest
 from vldistill.models.student import FunctionalStudent, build_student
 from vldistill.report import TEST_MARK
 from vldistill.algorithms.retrieval import METRICS

@@ -15,7 +15,7 @@ from reliability_helpers import FAST, run_cli, tiny_store
 from vldistill.distill import Distiller, NonFiniteError, run_distill
 from vldistill.divergence import DivergedError
 from vldistill.algorithms.synset import DistilledSet
-from vldistill.trajectories import TrajectoryStore
+from vldistill.buffer.store import TrajectoryStore
 from vldistill.algorithms.matching import MATCHERS, MatchResult
 
 CPU = torch.device("cpu")

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vldistill import experts
+from vldistill.buffer import experts
 from vldistill.algorithms import repblend
 from vldistill.cli import main
 from vldistill.configio import load_config
@@ -19,7 +19,7 @@ from vldistill.data import prepare_data
 from vldistill.methods import method_config
 from vldistill.models.student import Blend, FunctionalStudent, build_student
 from vldistill.runtime.seeds import seeded
-from vldistill.trajectories import TrajectoryStore
+from vldistill.buffer.store import TrajectoryStore
 from vldistill.algorithms.training import sgd_for_student
 
 from reliability_helpers import FAST, TINY

@@ -28,7 +28,7 @@ from .config import Config
 from .data import PreparedData
 from .data.splits import ordered_batches
 from .errors import UnknownNameError, UserError
-from .trajectories import TrajectoryStore, store_manifest
+from .buffer.store import TrajectoryStore, store_manifest
 from .models.student import DualEncoder, FunctionalStudent, build_student
 from .algorithms.neighbours import NeighbourIndex, knn
 from .algorithms.similarity import IdentitySimilarity

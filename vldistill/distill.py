@@ -35,7 +35,7 @@ from .data import PreparedData
 from .divergence import DivergedError, GrowthGuard, rms, save_last_good
 from .errors import NonFiniteError, UserError
 from .evaluate import probe_set
-from .trajectories import TrajectoryStore, store_manifest, warn_if_other_recipe
+from .buffer.store import TrajectoryStore, store_manifest, warn_if_other_recipe
 from .runtime.interrupts import deferred_interrupts
 from .runtime.io import append_jsonl, remove_leftover_temps
 from .algorithms.matching import MATCHERS, MatchOptions, sample_batches

@@ -42,7 +42,7 @@ from .algorithms.retrieval import METRICS
 from .seedlog import SeedLog, settings_key
 from .runtime.seeds import derive_seed
 from .algorithms.synset import DistilledSet
-from .trajectories import TrajectoryStore
+from .buffer.store import TrajectoryStore
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from .results import card_metrics, merge_results, results_record
 from .seedlog import SeedLog
 from .rundir import Run
 from .algorithms.synset import DistilledSet, update_card
-from .experts import run_buffer
-from .trajectories import TrajectoryStore
+from .buffer.experts import run_buffer
+from .buffer.store import TrajectoryStore
 
 log = logging.getLogger(__name__)
 

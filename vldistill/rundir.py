@@ -21,7 +21,7 @@ from .config import Config
 from .config_merge import to_yaml
 from .runtime.environment import environment, log_to, resolve_device, use_deterministic
 from .runtime.io import write_json, write_text
-from .trajectories import TrajectoryStore
+from .buffer.store import TrajectoryStore
 
 
 @dataclass
