@@ -30,7 +30,7 @@ from _machine import add_machine_args, apply_machine_args, steady_clock, time_in
 from vldistill.configio import load_config
 from vldistill.data import prepare_data
 from vldistill.algorithms.matching import MatchOptions, sample_batches, tesla_match
-from vldistill.methods import method_config
+from vldistill.evaluation.methods import method_config
 from vldistill.models.student import FunctionalStudent, build_student
 from vldistill.algorithms.repblend import real_data_for
 from vldistill.algorithms.similarity import build_similarity

@@ -10,14 +10,14 @@ import pytest
 import torch
 
 from reliability_helpers import FAST, TINY, tiny_store
-from vldistill import evaluate, methods
+from vldistill.evaluation import evaluate, methods
 from vldistill.answer import compare_best, verdict
 from vldistill.cli import main
 from vldistill.config import ConfigError
 from vldistill.configio import load_config
 from vldistill.data import prepare_data
-from vldistill.evaluate import SeedResult, eval_towers, probe_set, random_pairs, train_on_set
-from vldistill.methods import METHODS, EvalContext, evaluate_method
+from vldistill.evaluation.evaluate import SeedResult, eval_towers, probe_set, random_pairs, train_on_set
+from vldistill.evaluation.methods import METHODS, EvalContext, evaluate_method
 from vldistill.buffer.store import TrajectoryStore
 
 
@@ -110,7 +110,7 @@ def test_tuned_policy_needs_val_selection_and_authors_refuses_a_fixed_lr(cache_d
 # ------------------------------------------------------------------ coreset initialisation
 @pytest.mark.parametrize("init", ["herding", "kcenter"])
 def test_coreset_init_starts_from_exactly_the_coreset_that_method_evaluates(cache_dir, init):
-    from vldistill.coresets import coreset_pairs
+    from vldistill.evaluation.coresets import coreset_pairs
     from vldistill.distill import Distiller
     cfg = _cfg(cache_dir, f"distill.init={init}")
     data = prepare_data(cfg)

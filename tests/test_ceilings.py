@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from vldistill.ceilings import chance, oracle, split_ceilings
+from vldistill.evaluation.ceilings import chance, oracle, split_ceilings
 from vldistill.config import DataConfig
 from vldistill.data import build_dataset
 from vldistill.data.shapes import make_shapes_split, _truth

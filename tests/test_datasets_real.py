@@ -329,7 +329,7 @@ def test_lors_paper_configs_carry_the_reference_hyperparameters(config):
 
 @pytest.mark.parametrize("config", VLDISTILL)
 def test_vl_distill_configs_are_its_readme_command_on_the_same_experts(config):
-    from vldistill.methods import method_config
+    from vldistill.evaluation.methods import method_config
     run = load_config(f"configs/{config}.yaml")
     cfg = method_config(run, "vl-distill")
     d, size = cfg.distill, int(config.rsplit("_", 1)[1])

@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from vldistill import evaluate, methods
+from vldistill.evaluation import evaluate, methods
 from vldistill.cli import main
-from vldistill.evaluate import _EpochSelector, eval_towers
-from vldistill.methods import EvalContext, evaluate_all, summarize
+from vldistill.evaluation.evaluate import _EpochSelector, eval_towers
+from vldistill.evaluation.methods import EvalContext, evaluate_all, summarize
 from vldistill.buffer.store import Snapshot, TrajectoryStore, store_manifest
 from vldistill.models.student import FunctionalStudent, build_student
 from vldistill.report import TEST_MARK
@@ -188,7 +188,7 @@ def test_a_tower_key_may_not_shadow_the_distilled_on_tower(tiny_cfg):
 
 
 def test_flip_crop_returns_flipped_shifted_crops_of_each_image():
-    from vldistill.augment import augment
+    from vldistill.evaluation.augment import augment
     images = torch.randn(6, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     out = augment(images, "flip_crop", torch.Generator().manual_seed(1))
     assert out.shape == images.shape

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from vldistill import evaluate
+from vldistill.evaluation import evaluate
 from vldistill.configio import load_config
 from vldistill.data.splits import normalize_caption
-from vldistill.evaluate import SeedResult, train_on_set
+from vldistill.evaluation.evaluate import SeedResult, train_on_set
 from vldistill.fidelity import DIFFERENCES, difference_table
 from vldistill.algorithms.losses import soft_contrastive_loss
-from vldistill.methods import summarize
+from vldistill.evaluation.methods import summarize
 from vldistill.algorithms.similarity import build_similarity
 from vldistill.algorithms.synset import DistilledSet
 

@@ -16,7 +16,7 @@ from vldistill.algorithms import repblend
 from vldistill.cli import main
 from vldistill.configio import load_config
 from vldistill.data import prepare_data
-from vldistill.methods import method_config
+from vldistill.evaluation.methods import method_config
 from vldistill.models.student import Blend, FunctionalStudent, build_student
 from vldistill.runtime.seeds import seeded
 from vldistill.buffer.store import TrajectoryStore

@@ -243,7 +243,7 @@ def test_scheduler_signal_mid_expert_keeps_finished_experts_and_resume_matches(t
 
 def test_scheduler_signal_mid_seed_keeps_finished_seeds_and_resume_matches(tmp_path, cache_dir,
                                                                           capsys, monkeypatch):
-    from vldistill import methods
+    from vldistill.evaluation import methods
 
     def args(run: str) -> list:
         return ["eval", TINY, f"run_dir={tmp_path / run}", f"cache_dir={cache_dir}",

@@ -94,7 +94,7 @@ def cmd_distill(args: argparse.Namespace) -> None:
 
 def _method_of(synthetic) -> str:
     """The distilled method a saved set belongs to: its card's, else by its similarity."""
-    from .methods import METHODS, distilled_methods
+    from .evaluation.methods import METHODS, distilled_methods
     named = synthetic.card.get("method")
     if named in METHODS and named in distilled_methods():
         return named
@@ -104,7 +104,7 @@ def _method_of(synthetic) -> str:
 def cmd_eval(args: argparse.Namespace) -> None:
     from .runtime import distributed
     from .data import prepare_data
-    from .methods import distilled_methods
+    from .evaluation.methods import distilled_methods
     from .pipeline import stage_eval
     from .report import results_table
     from .algorithms.synset import DistilledSet

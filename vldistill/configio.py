@@ -15,13 +15,13 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from .augment import AUGMENTATIONS
+from .evaluation.augment import AUGMENTATIONS
 from .config import Config, ConfigError
 from .config_merge import derive, dotlist_layers, file_layer, merge
 from .data import DATASETS
 from .algorithms.losses import LOSSES
 from .algorithms.matching import MATCHERS
-from .methods import METHODS
+from .evaluation.methods import METHODS
 from .models import IMAGE_TOWERS, TEXT_TOWERS
 from .options import option_help
 from .registry import Registry, tower_family

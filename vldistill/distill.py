@@ -30,11 +30,11 @@ from tqdm.auto import tqdm
 from .runtime import seeds
 from .checkpoint import BestSoFar, read_checkpoint, write_checkpoint
 from .config import Config
-from .coresets import coreset_pairs
+from .evaluation.coresets import coreset_pairs
 from .data import PreparedData
 from .divergence import DivergedError, GrowthGuard, rms, save_last_good
 from .errors import NonFiniteError, UserError
-from .evaluate import probe_set
+from .evaluation.evaluate import probe_set
 from .buffer.store import TrajectoryStore, store_manifest, warn_if_other_recipe
 from .runtime.interrupts import deferred_interrupts
 from .runtime.io import append_jsonl, remove_leftover_temps
@@ -383,7 +383,7 @@ def run_distill(cfg: Config, data: PreparedData, store: TrajectoryStore, set_pat
 
 def _evaluate_during(distiller: Distiller, card: dict, data: PreparedData, metrics_path: Path) -> None:
     """distill.eval_every > 0: the distillation curve, from the set's start (iteration 0) on. Each
-    point is `vldistill.evaluate.probe_set`'s fixed protocol (one student, the same seed at every
+    point is `vldistill.evaluation.evaluate.probe_set`'s fixed protocol (one student, the same seed at every
     point, distill.eval_epochs epochs, val split): logged with its protocol, never selected on."""
     every = distiller.d.eval_every
     if not every or distiller.iteration % every:

@@ -49,7 +49,7 @@ Table = tuple[list[str], list[list[str]]]       # header, rows of cells
 
 def _ordered(methods: dict) -> list[str]:
     """Registered methods in registration order, then any others (an older run's) by name."""
-    from .methods import METHODS
+    from .evaluation.methods import METHODS
     known = [m for m in METHODS.names() if m in methods]
     return known + sorted(m for m in methods if m not in known)
 

@@ -15,7 +15,7 @@ What it changes, and where vldistill has it:
 Here: the real-image feature cache (the frozen backbone runs once per image, so head-only
 experts and evaluation never run it per batch; `buffer.backbone_per_batch` runs it per
 augmented batch as the reference's experts do), and the two distilled methods `repblend` and
-`repblend-noblend` (registered in `vldistill.methods`).
+`repblend-noblend` (registered in `vldistill.evaluation.methods`).
 """
 from __future__ import annotations
 

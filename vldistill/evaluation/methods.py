@@ -30,19 +30,19 @@ from typing import Callable
 
 import torch
 
-from .runtime import distributed
-from .config import Config
-from .config_merge import derive
-from .data import PreparedData
-from .errors import UserError
+from ..runtime import distributed
+from ..config import Config
+from ..config_merge import derive
+from ..data import PreparedData
+from ..errors import UserError
 from .evaluate import (SELECTION_LABELS, EvalTower, SeedResult, eval_towers, random_pairs,
                        train_on_full, train_on_set)
-from .registry import Registry
-from .algorithms.retrieval import METRICS
+from ..registry import Registry
+from ..algorithms.retrieval import METRICS
 from .seedlog import SeedLog, settings_key
-from .runtime.seeds import derive_seed
-from .algorithms.synset import DistilledSet
-from .buffer.store import TrajectoryStore
+from ..runtime.seeds import derive_seed
+from ..algorithms.synset import DistilledSet
+from ..buffer.store import TrajectoryStore
 
 log = logging.getLogger(__name__)
 
@@ -301,7 +301,7 @@ def evaluate_all(ctx: EvalContext) -> dict:
 
 
 # RepBlend's two methods live with the rest of RepBlend
-from .algorithms.repblend import repblend, repblend_noblend  # noqa: E402
+from ..algorithms.repblend import repblend, repblend_noblend  # noqa: E402
 
 register_distilled("repblend")(repblend)
 register_distilled("repblend-noblend")(repblend_noblend)

@@ -24,16 +24,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import Config
-from .data import PreparedData
-from .data.splits import ordered_batches
-from .errors import UnknownNameError, UserError
-from .buffer.store import TrajectoryStore, store_manifest
-from .models.student import DualEncoder, FunctionalStudent, build_student
-from .algorithms.neighbours import NeighbourIndex, knn
-from .algorithms.similarity import IdentitySimilarity
-from .algorithms.synset import DistilledSet
-from .algorithms.training import embed_split
+from ..config import Config
+from ..data import PreparedData
+from ..data.splits import ordered_batches
+from ..errors import UnknownNameError, UserError
+from ..buffer.store import TrajectoryStore, store_manifest
+from ..models.student import DualEncoder, FunctionalStudent, build_student
+from ..algorithms.neighbours import NeighbourIndex, knn
+from ..algorithms.similarity import IdentitySimilarity
+from ..algorithms.synset import DistilledSet
+from ..algorithms.training import embed_split
 
 log = logging.getLogger(__name__)
 

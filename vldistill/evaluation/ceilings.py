@@ -18,8 +18,8 @@ from typing import Sequence
 
 import torch
 
-from .data.splits import CaptionSplit
-from .algorithms.retrieval import METRICS
+from ..data.splits import CaptionSplit
+from ..algorithms.retrieval import METRICS
 
 KS = (1, 5, 10)
 
