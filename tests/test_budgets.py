@@ -111,7 +111,7 @@ def test_tuned_policy_needs_val_selection_and_authors_refuses_a_fixed_lr(cache_d
 @pytest.mark.parametrize("init", ["herding", "kcenter"])
 def test_coreset_init_starts_from_exactly_the_coreset_that_method_evaluates(cache_dir, init):
     from vldistill.evaluation.coresets import coreset_pairs
-    from vldistill.distill import Distiller
+    from vldistill.distill.stage import Distiller
     cfg = _cfg(cache_dir, f"distill.init={init}")
     data = prepare_data(cfg)
     store = TrajectoryStore(cfg.buffer.dir)
@@ -129,7 +129,7 @@ def test_coreset_init_starts_from_exactly_the_coreset_that_method_evaluates(cach
 
 # ------------------------------------------------------------------ the distillation curve
 def test_curve_starts_at_iteration_zero_with_the_initial_set_scored_by_the_probe(tmp_path, cache_dir):
-    from vldistill.distill import Distiller
+    from vldistill.distill.stage import Distiller
     run_dir = tmp_path / "run"
     assert main(["distill", str(TINY), f"run_dir={run_dir}", f"cache_dir={cache_dir}",
                  f"buffer.dir={tiny_store(cache_dir)}", *FAST, "eval.methods=[lors]",

@@ -297,7 +297,7 @@ def test_expert_cycle_is_the_references_file_order():
     store does, so a pass visits every expert once in a fresh shuffled order -- the cycle."""
     from types import SimpleNamespace
 
-    from vldistill.distill import Distiller
+    from vldistill.distill.stage import Distiller
     import numpy as np
     experts = list(range(5))
     files, rng, reference = [[e] for e in experts], np.random.default_rng(0), []

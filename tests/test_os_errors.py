@@ -11,8 +11,8 @@ import torch
 from reliability_helpers import FAST, TINY, run_cli, tiny_store
 from safetensors import SafetensorError
 
-import vldistill.checkpoint as checkpoint_module
-import vldistill.distill as distill_module
+import vldistill.distill.checkpoint as checkpoint_module
+import vldistill.distill.stage as distill_module
 import vldistill.runtime.io as io_module
 from vldistill.errors import WriteError
 from vldistill.runtime.io import write_tensors

@@ -15,7 +15,7 @@ import torch
 
 from reliability_helpers import FAST, TINY, copy_store, distill_records, run_cli, tiny_store
 from vldistill.runtime import runlock
-from vldistill.checkpoint import read_checkpoint
+from vldistill.distill.checkpoint import read_checkpoint
 from vldistill.errors import UserError
 from vldistill.runtime.interrupts import REQUEUE_EXIT, Interrupted, deferred_interrupts
 from vldistill.runtime.io import append_jsonl, read_tensors_and_metadata
@@ -98,7 +98,7 @@ def test_sigkill_mid_iteration_then_resume_is_bit_identical(tmp_path, cache_dir,
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
 def test_scheduler_signal_writes_a_checkpoint_of_the_current_iteration(tmp_path, cache_dir, reference,
                                                                       capsys, monkeypatch, signum):
-    from vldistill.distill import Distiller
+    from vldistill.distill.stage import Distiller
     run_dir = tmp_path / "run"
     step = Distiller.step
 
@@ -129,7 +129,7 @@ def test_distillation_never_draws_from_the_global_generators(tiny_cfg, tiny_data
     import random
 
     import numpy as np
-    from vldistill.distill import Distiller
+    from vldistill.distill.stage import Distiller
     from vldistill.buffer.store import TrajectoryStore
     store = TrajectoryStore(tiny_store(cache_dir))
     cfg = tiny_cfg(*FAST, "model.head_dropout=0.3")

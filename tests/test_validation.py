@@ -203,7 +203,7 @@ def _booby_trapped_pickle(path: Path, folder: Path) -> Path:
 
 
 def test_sets_checkpoints_and_experts_are_never_unpickled(tmp_path):
-    from vldistill.checkpoint import read_checkpoint
+    from vldistill.distill.checkpoint import read_checkpoint
     from vldistill.buffer.store import TrajectoryStore
     from vldistill.algorithms.synset import DistilledSet
     path = tmp_path / "set.safetensors"

@@ -10,7 +10,7 @@ from .runtime import distributed
 from .evaluation.ceilings import split_ceilings
 from .config import Config
 from .data import CaptionDataset, PreparedData, prepare_data
-from .distill import run_distill
+from .distill.stage import run_distill
 from .figures import read_metrics
 from .html_report import ReportInputs, write_report
 from .runtime.io import append_jsonl, read_json, write_json

@@ -9,7 +9,7 @@ trains) and checks:
   settings each distilled method derives (`vldistill.evaluation.methods.method_config`);
 - budgets against split sizes (`distill.n_pairs`, each `sweep.n_pairs`), expert batches
   against an epoch, every training batch against batch norm (`vldistill.models.batchnorm`);
-- the distillation's memory estimate (`vldistill.memory`) on the device;
+- the distillation's memory estimate (`vldistill.distill.memory`) on the device;
 - that run_dir, cache_dir and the trajectory stores can be written, and that every file a
   later stage reads is there (weights, text tower, the stores `distill` reads, the sets
   `eval` reads).
@@ -35,7 +35,7 @@ from .data.text_cache import cached_dim, default_cache_dir
 from .runtime.environment import resolve_device
 from .errors import ProblemsError, UserError
 from .evaluation.evaluate import eval_towers
-from .memory import check_distill_fits
+from .distill.memory import check_distill_fits
 from .evaluation.methods import METHODS, distilled_methods, method_config
 from .models.batchnorm import batch_problems, batchnorm_positions
 from .models.pretrained import IMAGENET

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import NonFiniteError, UserError
-from .runtime.io import read_tensors_and_metadata, write_json, write_tensors
+from ..errors import NonFiniteError, UserError
+from ..runtime.io import read_tensors_and_metadata, write_json, write_tensors
 
 CHECKPOINT_FORMAT = 2          # 2: no process-wide RNG states (nothing in distill draws from them)
 _UNCHECKED = ("best.window",)       # holds inf before the first window closes, by design
