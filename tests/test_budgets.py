@@ -11,7 +11,7 @@ import torch
 
 from reliability_helpers import FAST, TINY, tiny_store
 from vldistill.evaluation import evaluate, methods
-from vldistill.answer import compare_best, verdict
+from vldistill.reporting.answer import compare_best, verdict
 from vldistill.cli import main
 from vldistill.config import ConfigError
 from vldistill.configio import load_config

@@ -12,7 +12,7 @@ from vldistill.evaluation.evaluate import _EpochSelector, eval_towers
 from vldistill.evaluation.methods import EvalContext, evaluate_all, summarize
 from vldistill.buffer.store import Snapshot, TrajectoryStore, store_manifest
 from vldistill.models.student import FunctionalStudent, build_student
-from vldistill.report import TEST_MARK
+from vldistill.reporting.report import TEST_MARK
 from vldistill.algorithms.retrieval import METRICS
 from vldistill.algorithms.similarity import build_similarity
 from vldistill.algorithms.synset import DistilledSet

@@ -1,5 +1,5 @@
 """Command line: `vldistill COMMAND TARGET [key=value ...]`, each command a thin layer over the
-library (`vldistill.pipeline`, `vldistill.report`). `vldistill COMMAND --help` says what the
+library (`vldistill.pipeline`, `vldistill.reporting.report`). `vldistill COMMAND --help` says what the
 command reads and writes and which config sections it uses.
 
 User errors (bad config, missing files, a store made with another setup) print one line and
@@ -106,7 +106,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from .data import prepare_data
     from .evaluation.methods import distilled_methods
     from .pipeline import stage_eval
-    from .report import results_table
+    from .reporting.report import results_table
     from .algorithms.synset import DistilledSet
     extra, overrides = _split_extra(args.overrides, ("set",))
     set_paths = None
@@ -138,7 +138,7 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 def cmd_compare(args: argparse.Namespace) -> None:
     """One markdown table over the runs' results.json (run x eval tower x method rows)."""
-    from .report import compare_table
+    from .reporting.report import compare_table
     runs = []
     for target in [args.target, *args.overrides]:
         path = Path(target) / "results.json"
@@ -157,7 +157,7 @@ def cmd_config(args: argparse.Namespace) -> None:
 
 def cmd_decode(args: argparse.Namespace) -> None:
     from .data import prepare_data
-    from .report import decoded_text
+    from .reporting.report import decoded_text
     from .algorithms.synset import DistilledSet
     synthetic = DistilledSet.load(args.target)
     cfg = _set_config(Path(args.target), synthetic, args.overrides)

@@ -11,11 +11,11 @@ from .evaluation.ceilings import split_ceilings
 from .config import Config
 from .data import CaptionDataset, PreparedData, prepare_data
 from .distill.stage import run_distill
-from .figures import read_metrics
-from .html_report import ReportInputs, write_report
+from .reporting.figures import read_metrics
+from .reporting.html_report import ReportInputs, write_report
 from .runtime.io import append_jsonl, read_json, write_json
 from .evaluation.methods import EvalContext, distilled_methods, evaluate_all, method_config
-from .report import card_captions, results_table
+from .reporting.report import card_captions, results_table
 from .evaluation.results import card_metrics, merge_results, results_record
 from .evaluation.seedlog import SeedLog
 from .rundir import Run
