@@ -3,7 +3,7 @@ an expert start and target, and three ways to spend T steps on it.
 
 - `plain_steps`: T ordinary training steps of the student module (forward, backward, SGD) on
   the same mini-batches; the unit the other two are measured in.
-- `tesla_iteration`: one iteration of `vldistill.matching.tesla_match` (the code distill runs).
+- `tesla_iteration`: one iteration of `vldistill.algorithms.matching.tesla_match` (the code distill runs).
 - `unrolled_iteration`: the MTT / VL-distill form: the T steps are unrolled with their whole
   graph kept (no stop-gradient on phi_t) and one backward runs at the end; memory grows with T.
 
@@ -20,11 +20,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vldistill.losses import soft_contrastive_loss  # noqa: E402
-from vldistill.matching import MatchOptions, sample_batches, tesla_match, unroll_match  # noqa: E402
+from vldistill.algorithms.losses import soft_contrastive_loss  # noqa: E402
+from vldistill.algorithms.matching import MatchOptions, sample_batches, tesla_match, unroll_match  # noqa: E402
 from vldistill.models.image_towers import create_image_tower  # noqa: E402
 from vldistill.models.student import DualEncoder, FunctionalStudent  # noqa: E402
-from vldistill.similarity import Similarity, build_similarity  # noqa: E402
+from vldistill.algorithms.similarity import Similarity, build_similarity  # noqa: E402
 
 TEXT_DIM = 384              # all-MiniLM-L6-v2, the default text tower
 

@@ -26,10 +26,10 @@ from _machine import add_machine_args, apply_machine_args, steady_clock, time_in
 
 from vldistill.configio import load_config
 from vldistill.data import prepare_data
-from vldistill.trajectories import Snapshot, TrajectoryStore, epochs_to_keep
+from vldistill.buffer.store import Snapshot, TrajectoryStore, epochs_to_keep
 from vldistill.models.student import FunctionalStudent, build_student
 from vldistill.models.text_towers import create_text_tower
-from vldistill.training import contrastive_step, pair_batches, sgd_for_student
+from vldistill.algorithms.training import contrastive_step, pair_batches, sgd_for_student
 
 MB = 2**20
 

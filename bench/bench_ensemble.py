@@ -20,7 +20,7 @@ from torch.func import functional_call, grad, stack_module_state, vmap
 
 from _machine import add_machine_args, apply_machine_args, steady_clock, time_interleaved, write_results
 
-from vldistill.losses import soft_contrastive_loss
+from vldistill.algorithms.losses import soft_contrastive_loss
 from vldistill.models.image_towers import create_image_tower
 from vldistill.models.student import DualEncoder
 

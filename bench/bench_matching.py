@@ -1,7 +1,7 @@
 """Benchmark a: what one distill iteration costs, in units of plain training steps.
 
 For each tower and T, three things run in turns on the same mini-batches:
-T plain SGD steps of the student, one TESLA iteration (`vldistill.matching.tesla_match`) and
+T plain SGD steps of the student, one TESLA iteration (`vldistill.algorithms.matching.tesla_match`) and
 one naive unroll that keeps the whole graph (the MTT form VL-distill uses). Goal: TESLA costs
 at most 4x the T plain steps.
 

@@ -1,11 +1,11 @@
 """Benchmark b: peak memory of one matching iteration as T grows.
 
-TESLA (`vldistill.matching.tesla_match`) keeps one step's graph whatever T is; the naive
+TESLA (`vldistill.algorithms.matching.tesla_match`) keeps one step's graph whatever T is; the naive
 unroll (MTT form) keeps all T. Goal: TESLA's peak grows by at most 15% from T = 4 to T = 32,
 the unroll's linearly. The peak is the tensor memory the iteration allocates beyond what was
 live before it (the set, the student, the expert snapshots): torch.cuda.max_memory_allocated
 on a GPU, torch's CPU allocator events (profiler, profile_memory=True) on a CPU. Next to it,
-vldistill.memory's pre-flight estimate of the whole distillation for the same shapes.
+vldistill.distill.memory's pre-flight estimate of the whole distillation for the same shapes.
 
     python bench/bench_memory.py                          # convnet (embedded default), T = 4, 16, 32
     python bench/bench_memory.py --towers convnet,timm:nfnet_l0 --unrolled-max-t 4
@@ -18,7 +18,7 @@ from _machine import add_machine_args, apply_machine_args, peak_bytes, write_res
 from _workload import METHODS, TEXT_DIM, make_workload
 from bench_matching import TOWERS
 
-from vldistill.memory import estimate_distill_memory
+from vldistill.distill.memory import estimate_distill_memory
 
 GOAL = 0.15
 MB = 2**20

@@ -29,12 +29,12 @@ from _machine import add_machine_args, apply_machine_args, steady_clock, time_in
 
 from vldistill.configio import load_config
 from vldistill.data import prepare_data
-from vldistill.matching import MatchOptions, sample_batches, tesla_match
-from vldistill.methods import method_config
+from vldistill.algorithms.matching import MatchOptions, sample_batches, tesla_match
+from vldistill.evaluation.methods import method_config
 from vldistill.models.student import FunctionalStudent, build_student
-from vldistill.repblend import real_data_for
-from vldistill.similarity import build_similarity
-from vldistill.training import sgd_for_student, train_epoch_on_pairs
+from vldistill.algorithms.repblend import real_data_for
+from vldistill.algorithms.similarity import build_similarity
+from vldistill.algorithms.training import sgd_for_student, train_epoch_on_pairs
 
 TOWER = ["model.image_tower=timm:efficientnet_lite0", "model.pretrained_path=imagenet",
          "model.batchnorm=frozen", "data.image_size=32"]

@@ -20,8 +20,8 @@ import time
 import torch
 
 from _machine import add_machine_args, apply_machine_args, time_interleaved, write_results
-from vldistill.neighbours import knn
-from vldistill.retrieval import recall_at_k, recall_at_k_loop
+from vldistill.algorithms.neighbours import knn
+from vldistill.algorithms.retrieval import recall_at_k, recall_at_k_loop
 
 
 def coco_like_scores(n_images: int, n_captions: int, dim: int, seed: int):

@@ -80,7 +80,7 @@ def measure(source: Path, workers: int, shuffled: int) -> dict:
     from vldistill.configio import load_config
     from vldistill.data import build_dataset
     from vldistill.data.splits import ordered_batches
-    from vldistill.training import pair_batches
+    from vldistill.algorithms.training import pair_batches
     rss_after_imports = rss_mb()
     name = ["data.name=folder", f"data.image_root={source}", "data.train_json=captions.csv"] \
         if (source / "captions.csv").is_file() else ["data.name=webdataset", f"data.image_root={source}"]

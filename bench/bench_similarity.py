@@ -24,8 +24,8 @@ import torch
 from _machine import add_machine_args, apply_machine_args, steady_clock, time_interleaved, write_results
 from _workload import make_workload, tesla_iteration
 
-from vldistill.memory import device_memory
-from vldistill.similarity import build_similarity
+from vldistill.distill.memory import device_memory
+from vldistill.algorithms.similarity import build_similarity
 
 STATE_COPIES = 3            # parameter, gradient, momentum
 MB = 2**20

@@ -27,8 +27,8 @@ def tiny_store(cache_dir: Path) -> Path:
         return store_dir
     from vldistill.configio import load_config
     from vldistill.data import prepare_data
-    from vldistill.experts import run_buffer
-    from vldistill.trajectories import TrajectoryStore
+    from vldistill.buffer.experts import run_buffer
+    from vldistill.buffer.store import TrajectoryStore
     cfg = load_config(TINY, [f"cache_dir={cache_dir}", *FAST])
     run_buffer(cfg, prepare_data(cfg), torch.device("cpu"), TrajectoryStore(store_dir))
     return store_dir

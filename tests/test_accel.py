@@ -1,4 +1,4 @@
-"""bf16 autocast and channels_last placement of training/evaluation students (vldistill.accel)."""
+"""bf16 autocast and channels_last placement of training/evaluation students (vldistill.models.accel)."""
 from __future__ import annotations
 
 import logging
@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from vldistill import accel
+from vldistill.models import accel
 from vldistill.models.image_towers import ConvNet
 from vldistill.models.student import DualEncoder
-from vldistill.training import contrastive_step, sgd_for_student
+from vldistill.algorithms.training import contrastive_step, sgd_for_student
 
 
 def _student(seed: int = 0) -> DualEncoder:
@@ -47,7 +47,7 @@ def test_bf16_runs_the_towers_in_bf16_and_keeps_logits_and_weights_fp32(monkeypa
 def test_bf16_without_native_support_falls_back_to_fp32(monkeypatch, caplog):
     monkeypatch.setattr(accel, "native_bf16", lambda device: False)
     monkeypatch.setattr(accel, "_warned", set())
-    with caplog.at_level(logging.WARNING, logger="vldistill.accel"):
+    with caplog.at_level(logging.WARNING, logger="vldistill.models.accel"):
         model = accel.prepare_student(_student(), torch.device("cpu"), "bf16")
     assert model.autocast_dtype is None and "no native bf16" in caplog.text
 
@@ -71,8 +71,8 @@ def test_channels_last_placement_changes_the_layout_not_the_numbers(monkeypatch)
 def test_amp_reaches_expert_training_and_the_trajectory_stays_close(tiny_cfg, tiny_data, monkeypatch, tmp_path):
     """amp=bf16 changes how experts train (the stored epoch-1 weights differ from an fp32
     expert's), and only by bf16 rounding (same start, close end)."""
-    from vldistill.experts import run_buffer
-    from vldistill.trajectories import TrajectoryStore
+    from vldistill.buffer.experts import run_buffer
+    from vldistill.buffer.store import TrajectoryStore
     monkeypatch.setattr(accel, "native_bf16", lambda device: True)
     snapshots = {}
     for amp in ("none", "bf16"):

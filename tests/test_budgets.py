@@ -10,15 +10,15 @@ import pytest
 import torch
 
 from reliability_helpers import FAST, TINY, tiny_store
-from vldistill import evaluate, methods
-from vldistill.answer import compare_best, verdict
+from vldistill.evaluation import evaluate, methods
+from vldistill.reporting.answer import compare_best, verdict
 from vldistill.cli import main
 from vldistill.config import ConfigError
 from vldistill.configio import load_config
 from vldistill.data import prepare_data
-from vldistill.evaluate import SeedResult, eval_towers, probe_set, random_pairs, train_on_set
-from vldistill.methods import METHODS, EvalContext, evaluate_method
-from vldistill.trajectories import TrajectoryStore
+from vldistill.evaluation.evaluate import SeedResult, eval_towers, probe_set, random_pairs, train_on_set
+from vldistill.evaluation.methods import METHODS, EvalContext, evaluate_method
+from vldistill.buffer.store import TrajectoryStore
 
 
 def _cfg(cache_dir, *overrides):
@@ -110,8 +110,8 @@ def test_tuned_policy_needs_val_selection_and_authors_refuses_a_fixed_lr(cache_d
 # ------------------------------------------------------------------ coreset initialisation
 @pytest.mark.parametrize("init", ["herding", "kcenter"])
 def test_coreset_init_starts_from_exactly_the_coreset_that_method_evaluates(cache_dir, init):
-    from vldistill.coresets import coreset_pairs
-    from vldistill.distill import Distiller
+    from vldistill.evaluation.coresets import coreset_pairs
+    from vldistill.distill.stage import Distiller
     cfg = _cfg(cache_dir, f"distill.init={init}")
     data = prepare_data(cfg)
     store = TrajectoryStore(cfg.buffer.dir)
@@ -129,7 +129,7 @@ def test_coreset_init_starts_from_exactly_the_coreset_that_method_evaluates(cach
 
 # ------------------------------------------------------------------ the distillation curve
 def test_curve_starts_at_iteration_zero_with_the_initial_set_scored_by_the_probe(tmp_path, cache_dir):
-    from vldistill.distill import Distiller
+    from vldistill.distill.stage import Distiller
     run_dir = tmp_path / "run"
     assert main(["distill", str(TINY), f"run_dir={run_dir}", f"cache_dir={cache_dir}",
                  f"buffer.dir={tiny_store(cache_dir)}", *FAST, "eval.methods=[lors]",

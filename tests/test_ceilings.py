@@ -6,11 +6,11 @@ import math
 import pytest
 import torch
 
-from vldistill.ceilings import chance, oracle, split_ceilings
+from vldistill.evaluation.ceilings import chance, oracle, split_ceilings
 from vldistill.config import DataConfig
 from vldistill.data import build_dataset
 from vldistill.data.shapes import make_shapes_split, _truth
-from vldistill.retrieval import METRICS, recall_at_k
+from vldistill.algorithms.retrieval import METRICS, recall_at_k
 
 
 def _split(n_images: int, scheme: str = "shapes", seed: int = 2):

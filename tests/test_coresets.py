@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from vldistill.coresets import (SELECTORS, ExpertEmbeddings, best_captions, herding, kcenter,
+from vldistill.evaluation.coresets import (SELECTORS, ExpertEmbeddings, best_captions, herding, kcenter,
                                 select_coreset, selection_features)
 
 

@@ -170,7 +170,7 @@ def test_caption_less_image_is_left_out_and_a_blank_caption_refused(tmp_path, ca
 
 def test_file_vanishing_during_training_is_one_line_from_a_worker(tmp_path):
     """A DataLoader worker's decoding error reaches the caller as one line naming the file."""
-    from vldistill.training import pair_batches
+    from vldistill.algorithms.training import pair_batches
     write_karpathy(tmp_path, {"train": [1] * 4, "val": [1, 1], "test": [1, 1]})
     ds = build_dataset(data_cfg(*karpathy_overrides(tmp_path), "data.cache_images=false"),
                        tmp_path / "cache")
@@ -326,7 +326,7 @@ def test_lors_paper_configs_carry_the_reference_hyperparameters(config):
 
 @pytest.mark.parametrize("config", VLDISTILL)
 def test_vl_distill_configs_are_its_readme_command_on_the_same_experts(config):
-    from vldistill.methods import method_config
+    from vldistill.evaluation.methods import method_config
     run = load_config(f"configs/{config}.yaml")
     cfg = method_config(run, "vl-distill")
     d, size = cfg.distill, int(config.rsplit("_", 1)[1])

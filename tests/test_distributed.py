@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from vldistill import distributed
+from vldistill.runtime import distributed
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 
-from vldistill.environment import RUN_LOG, log_to
+from vldistill.runtime.environment import RUN_LOG, log_to
 
 
 def test_log_to_replaces_only_its_own_log_file(tmp_path):

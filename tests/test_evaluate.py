@@ -6,16 +6,16 @@ import pytest
 import torch
 from torch import nn
 
-from vldistill import evaluate, methods
+from vldistill.evaluation import evaluate, methods
 from vldistill.cli import main
-from vldistill.evaluate import _EpochSelector, eval_towers
-from vldistill.methods import EvalContext, evaluate_all, summarize
-from vldistill.trajectories import Snapshot, TrajectoryStore, store_manifest
+from vldistill.evaluation.evaluate import _EpochSelector, eval_towers
+from vldistill.evaluation.methods import EvalContext, evaluate_all, summarize
+from vldistill.buffer.store import Snapshot, TrajectoryStore, store_manifest
 from vldistill.models.student import FunctionalStudent, build_student
-from vldistill.report import TEST_MARK
-from vldistill.retrieval import METRICS
-from vldistill.similarity import build_similarity
-from vldistill.synset import DistilledSet
+from vldistill.reporting.report import TEST_MARK
+from vldistill.algorithms.retrieval import METRICS
+from vldistill.algorithms.similarity import build_similarity
+from vldistill.algorithms.synset import DistilledSet
 
 QUICK = ["eval.num_eval=2", "eval.epochs=2", "eval.val_every=1", "eval.full_epochs=1"]
 
@@ -188,7 +188,7 @@ def test_a_tower_key_may_not_shadow_the_distilled_on_tower(tiny_cfg):
 
 
 def test_flip_crop_returns_flipped_shifted_crops_of_each_image():
-    from vldistill.augment import augment
+    from vldistill.evaluation.augment import augment
     images = torch.randn(6, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     out = augment(images, "flip_crop", torch.Generator().manual_seed(1))
     assert out.shape == images.shape
@@ -226,8 +226,8 @@ def test_every_registered_method_evaluates_one_seed(name, tiny_cfg, tiny_data, t
 def test_a_diverged_model_is_refused_with_what_to_fix_instead_of_scored(tiny_cfg, tiny_data):
     """NaN features rank as garbage (or divide by zero); retrieval_metrics names the cause."""
     from vldistill.errors import NonFiniteError
-    from vldistill.training import retrieval_metrics
-    from vldistill.retrieval import recall_at_k
+    from vldistill.algorithms.training import retrieval_metrics
+    from vldistill.algorithms.retrieval import recall_at_k
     model = build_student(tiny_cfg().model, tiny_data.dataset.image_size, tiny_data.text_dim, seed=0)
     split, text = tiny_data.split("val"), tiny_data.text["val"]
     with torch.no_grad():

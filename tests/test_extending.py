@@ -13,18 +13,18 @@ import pytest
 import torch
 from torch import nn
 
-from vldistill.augment import AUGMENTATIONS, augment
+from vldistill.evaluation.augment import AUGMENTATIONS, augment
 from vldistill.cli import main
 from vldistill.config import ConfigError, doc
 from vldistill.configio import OPTION_BLOCKS, load_config, with_overrides
 from vldistill.data import DATASETS, CaptionDataset, CaptionSplit, TensorImages
-from vldistill.losses import LOSSES
-from vldistill.matching import MATCHERS, tesla_match
-from vldistill.methods import METHODS, register_distilled, register_method, train_on_set
+from vldistill.algorithms.losses import LOSSES
+from vldistill.algorithms.matching import MATCHERS, tesla_match
+from vldistill.evaluation.methods import METHODS, register_distilled, register_method, train_on_set
 from vldistill.models import IMAGE_TOWERS, TEXT_TOWERS, create_image_tower
 from vldistill.options import option_help
 from vldistill.registry import Registry
-from vldistill.similarity import SIMILARITIES, Similarity
+from vldistill.algorithms.similarity import SIMILARITIES, Similarity
 
 from reliability_helpers import FAST, TINY
 from test_datasets_real import check_dataset_builds
@@ -262,7 +262,7 @@ class FirstPairsOptions:
 
 
 def first_pairs(ctx, tower, seed, *, draw):
-    from vldistill.evaluate import random_pairs
+    from vldistill.evaluation.evaluate import random_pairs
     first_pairs.draws.append(draw)
     return train_on_set(ctx.cfg, ctx.data, random_pairs(ctx.cfg, ctx.data, draw, ctx.n_pairs), seed,
                         ctx.device, tower)

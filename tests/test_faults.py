@@ -10,13 +10,13 @@ import re
 import pytest
 import torch
 
-import vldistill.distill as distill_module
+import vldistill.distill.stage as distill_module
 from reliability_helpers import FAST, run_cli, tiny_store
-from vldistill.distill import Distiller, NonFiniteError, run_distill
-from vldistill.divergence import DivergedError
-from vldistill.synset import DistilledSet
-from vldistill.trajectories import TrajectoryStore
-from vldistill.matching import MATCHERS, MatchResult
+from vldistill.distill.stage import Distiller, NonFiniteError, run_distill
+from vldistill.distill.divergence import DivergedError
+from vldistill.algorithms.synset import DistilledSet
+from vldistill.buffer.store import TrajectoryStore
+from vldistill.algorithms.matching import MATCHERS, MatchResult
 
 CPU = torch.device("cpu")
 NAN = float("nan")
@@ -125,7 +125,7 @@ def test_real_divergence_stops_the_cli_with_one_line(tmp_path, cache_dir, capsys
                         "distill.checkpoint_every=1", "distill.max_bad_steps=2",
                         "distill.max_growth=0")     # (the divergence guard would stop it first)
     assert code == 2 and err.startswith("vldistill: error: 2 iterations in a row") and "lr_img (1e+30)" in err
-    from vldistill.checkpoint import read_checkpoint
+    from vldistill.distill.checkpoint import read_checkpoint
     checkpoint = run_dir / "checkpoints" / "lors.safetensors"
     state, info = read_checkpoint(checkpoint, json.loads(checkpoint.with_suffix(".json").read_text())["setup"])
     assert info["iteration"] == 1                    # the state before the failing iterations

@@ -9,15 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from vldistill import evaluate
+from vldistill.evaluation import evaluate
 from vldistill.configio import load_config
 from vldistill.data.splits import normalize_caption
-from vldistill.evaluate import SeedResult, train_on_set
+from vldistill.evaluation.evaluate import SeedResult, train_on_set
 from vldistill.fidelity import DIFFERENCES, difference_table
-from vldistill.losses import soft_contrastive_loss
-from vldistill.methods import summarize
-from vldistill.similarity import build_similarity
-from vldistill.synset import DistilledSet
+from vldistill.algorithms.losses import soft_contrastive_loss
+from vldistill.evaluation.methods import summarize
+from vldistill.algorithms.similarity import build_similarity
+from vldistill.algorithms.synset import DistilledSet
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
@@ -297,7 +297,7 @@ def test_expert_cycle_is_the_references_file_order():
     store does, so a pass visits every expert once in a fresh shuffled order -- the cycle."""
     from types import SimpleNamespace
 
-    from vldistill.distill import Distiller
+    from vldistill.distill.stage import Distiller
     import numpy as np
     experts = list(range(5))
     files, rng, reference = [[e] for e in experts], np.random.default_rng(0), []

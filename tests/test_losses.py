@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from vldistill.losses import LOSSES, soft_contrastive_loss
+from vldistill.algorithms.losses import LOSSES, soft_contrastive_loss
 
 
 def _rand(b=5, seed=0):

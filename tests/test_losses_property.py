@@ -12,7 +12,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from vldistill.losses import LOSSES, soft_contrastive_loss
+from vldistill.algorithms.losses import LOSSES, soft_contrastive_loss
 
 EXTREME = 1e4           # |logit| bound the issue asks for
 PROPERTY = settings(max_examples=40, deadline=None)

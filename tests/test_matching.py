@@ -10,12 +10,12 @@ import math
 import pytest
 import torch
 
-from vldistill.losses import soft_contrastive_loss
-from vldistill.matching import MATCHERS, MatchOptions, sample_batches, tesla_match, unroll_match
+from vldistill.algorithms.losses import soft_contrastive_loss
+from vldistill.algorithms.matching import MATCHERS, MatchOptions, sample_batches, tesla_match, unroll_match
 from vldistill.models.image_towers import ConvNet
 from vldistill.models.student import Blend, DualEncoder, FunctionalStudent
-from vldistill.seeds import seeded
-from vldistill.similarity import build_similarity
+from vldistill.runtime.seeds import seeded
+from vldistill.algorithms.similarity import build_similarity
 
 
 def _setup(sim_kind: str, seed: int = 0, dropout: float = 0.0, logit_scale: float | None = None,

@@ -7,12 +7,12 @@ import pytest
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from vldistill import memory
+from vldistill.distill import memory
 from vldistill.errors import UserError
-from vldistill.matching import MatchOptions, sample_batches, tesla_match, unroll_match
+from vldistill.algorithms.matching import MatchOptions, sample_batches, tesla_match, unroll_match
 from vldistill.models.image_towers import ConvNet
 from vldistill.models.student import DualEncoder, FunctionalStudent
-from vldistill.similarity import build_similarity
+from vldistill.algorithms.similarity import build_similarity
 
 
 def _peak_tensor_bytes(fn) -> int:
@@ -83,7 +83,7 @@ def test_saved_bytes_scale_with_the_image_area():
 
 def test_distill_that_cannot_fit_is_refused(tiny_cfg, monkeypatch, caplog):
     cfg = tiny_cfg()
-    with caplog.at_level(logging.INFO, logger="vldistill.memory"):
+    with caplog.at_level(logging.INFO, logger="vldistill.distill.memory"):
         estimate = memory.check_distill_fits(cfg, 16, 384, torch.device("cpu"))
     assert estimate is not None and estimate.total > 0
     assert "distill memory estimate" in caplog.text and "available of" in caplog.text

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from vldistill.neighbours import knn
+from vldistill.algorithms.neighbours import knn
 
 
 def _data(seed, q=40, n=700, d=24):
@@ -34,7 +34,7 @@ def test_faiss_equals_torch_and_brute_force(metric, seed):
 
 
 def test_torch_path_blocks_agree_with_one_block():
-    from vldistill.neighbours import _torch_index
+    from vldistill.algorithms.neighbours import _torch_index
     queries, bank = _data(5)
     for kind in ("cos", "l2"):
         whole = _torch_index(bank, kind)(queries, 3, None)
@@ -43,7 +43,7 @@ def test_torch_path_blocks_agree_with_one_block():
 
 
 def test_one_index_answers_many_searches_like_fresh_ones():
-    from vldistill.neighbours import NeighbourIndex
+    from vldistill.algorithms.neighbours import NeighbourIndex
     queries, bank = _data(6)
     index = NeighbourIndex(bank, "l2")
     for exclude in ([], [1, 2, 3], list(range(0, 700, 2))):

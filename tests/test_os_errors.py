@@ -11,11 +11,11 @@ import torch
 from reliability_helpers import FAST, TINY, run_cli, tiny_store
 from safetensors import SafetensorError
 
-import vldistill.checkpoint as checkpoint_module
-import vldistill.distill as distill_module
-import vldistill.io as io_module
+import vldistill.distill.checkpoint as checkpoint_module
+import vldistill.distill.stage as distill_module
+import vldistill.runtime.io as io_module
 from vldistill.errors import WriteError
-from vldistill.io import write_tensors
+from vldistill.runtime.io import write_tensors
 
 
 def test_a_run_dir_below_a_file_is_one_line_for_every_command(tmp_path, cache_dir, capsys):

@@ -7,9 +7,9 @@ import torch
 
 from vldistill.cli import main
 from vldistill.configio import load_config
-from vldistill.trajectories import TrajectoryStore
-from vldistill.retrieval import METRICS
-from vldistill.synset import DistilledSet
+from vldistill.buffer.store import TrajectoryStore
+from vldistill.algorithms.retrieval import METRICS
+from vldistill.algorithms.synset import DistilledSet
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -45,7 +45,7 @@ def test_run_writes_results_for_every_method(tmp_path, cache_dir, capsys):
 
 
 def test_buffer_keeps_only_usable_epochs(tiny_cfg, tiny_data):
-    from vldistill.experts import run_buffer
+    from vldistill.buffer.experts import run_buffer
     cfg = tiny_cfg("buffer.epochs=4", "distill.max_start_epoch=2", "distill.expert_epochs=1")
     store = run_buffer(cfg, tiny_data, torch.device("cpu"), TrajectoryStore(cfg.run_dir))
     manifest = store.manifest()

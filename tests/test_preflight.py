@@ -75,7 +75,7 @@ def test_what_distill_and_eval_read_must_exist(tmp_path, cache_dir, capsys, no_s
 
 
 def test_memory_that_cannot_fit_is_found_before_the_experts(tiny_cfg, monkeypatch):
-    import vldistill.memory as memory
+    import vldistill.distill.memory as memory
     monkeypatch.setattr(memory, "device_memory", lambda device: (2**20, 2**30))
     with pytest.raises(PreflightError) as caught:
         preflight(tiny_cfg(), "run")

@@ -12,15 +12,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from vldistill.errors import UserError
-from vldistill.io import read_tensors, read_tensors_and_metadata, write_tensors
-from vldistill.losses import soft_contrastive_loss
-from vldistill.matching import MatchOptions, sample_batches, tesla_match
+from vldistill.runtime.io import read_tensors, read_tensors_and_metadata, write_tensors
+from vldistill.algorithms.losses import soft_contrastive_loss
+from vldistill.algorithms.matching import MatchOptions, sample_batches, tesla_match
 from vldistill.models import pretrained
 from vldistill.models.image_towers import create_image_tower, load_timm_weights
 from vldistill.models.pretrained import (PACKAGED_WEIGHTS, map_to_timm, package_file,
                                          resolve_packaged_weights)
 from vldistill.models.student import DualEncoder, FunctionalStudent
-from vldistill.similarity import build_similarity
+from vldistill.algorithms.similarity import build_similarity
 
 NAME = "efficientnet_lite0"
 CAT_CLASSES = {281, 282, 285}           # tabby, tiger cat, Egyptian cat

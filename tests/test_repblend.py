@@ -11,15 +11,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vldistill import experts, repblend
+from vldistill.buffer import experts
+from vldistill.algorithms import repblend
 from vldistill.cli import main
 from vldistill.configio import load_config
 from vldistill.data import prepare_data
-from vldistill.methods import method_config
+from vldistill.evaluation.methods import method_config
 from vldistill.models.student import Blend, FunctionalStudent, build_student
-from vldistill.seeds import seeded
-from vldistill.trajectories import TrajectoryStore
-from vldistill.training import sgd_for_student
+from vldistill.runtime.seeds import seeded
+from vldistill.buffer.store import TrajectoryStore
+from vldistill.algorithms.training import sgd_for_student
 
 from reliability_helpers import FAST, TINY
 

@@ -9,11 +9,11 @@ import subprocess
 import pytest
 import torch
 
-from vldistill.figures import read_metrics
-from vldistill.html_report import ReportInputs, _results_context, render_page, write_report
-from vldistill.report import (compare_table, decode_captions, false_negatives, inspect_set,
+from vldistill.reporting.figures import read_metrics
+from vldistill.reporting.html_report import ReportInputs, _results_context, render_page, write_report
+from vldistill.reporting.report import (compare_table, decode_captions, false_negatives, inspect_set,
                               results_table)
-from vldistill.retrieval import METRICS
+from vldistill.algorithms.retrieval import METRICS
 
 from test_evaluate import make_set
 

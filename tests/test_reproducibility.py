@@ -11,7 +11,7 @@ import torch
 
 from reliability_helpers import FAST, TINY
 from vldistill.cli import main
-from vldistill.io import read_tensors_and_metadata
+from vldistill.runtime.io import read_tensors_and_metadata
 
 RUN = [*FAST, "eval.methods=[lors,lors-identity,random]", "eval.num_eval=1", "eval.epochs=2",
        "eval.val_every=1"]

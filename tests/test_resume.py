@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from reliability_helpers import FAST, TINY, copy_store, distill_records, run_cli, tiny_store
-from vldistill import runlock
-from vldistill.checkpoint import read_checkpoint
+from vldistill.runtime import runlock
+from vldistill.distill.checkpoint import read_checkpoint
 from vldistill.errors import UserError
-from vldistill.interrupts import REQUEUE_EXIT, Interrupted, deferred_interrupts
-from vldistill.io import append_jsonl, read_tensors_and_metadata
+from vldistill.runtime.interrupts import REQUEUE_EXIT, Interrupted, deferred_interrupts
+from vldistill.runtime.io import append_jsonl, read_tensors_and_metadata
 
 ITERATIONS = 6          # checkpoints at 2, 4, 6 (tiny.yaml: checkpoint_every 2)
 
@@ -98,7 +98,7 @@ def test_sigkill_mid_iteration_then_resume_is_bit_identical(tmp_path, cache_dir,
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
 def test_scheduler_signal_writes_a_checkpoint_of_the_current_iteration(tmp_path, cache_dir, reference,
                                                                       capsys, monkeypatch, signum):
-    from vldistill.distill import Distiller
+    from vldistill.distill.stage import Distiller
     run_dir = tmp_path / "run"
     step = Distiller.step
 
@@ -129,8 +129,8 @@ def test_distillation_never_draws_from_the_global_generators(tiny_cfg, tiny_data
     import random
 
     import numpy as np
-    from vldistill.distill import Distiller
-    from vldistill.trajectories import TrajectoryStore
+    from vldistill.distill.stage import Distiller
+    from vldistill.buffer.store import TrajectoryStore
     store = TrajectoryStore(tiny_store(cache_dir))
     cfg = tiny_cfg(*FAST, "model.head_dropout=0.3")
     runs = []
@@ -188,8 +188,8 @@ def _buffer_cfg(store: Path, cache_dir: Path, *extra: str):
 
 def test_buffer_restart_skips_finished_experts_and_never_reads_a_half_written_one(
         tmp_path, cache_dir, tiny_data):
-    from vldistill.experts import run_buffer
-    from vldistill.trajectories import TrajectoryStore
+    from vldistill.buffer.experts import run_buffer
+    from vldistill.buffer.store import TrajectoryStore
     store_dir = copy_store(cache_dir, tmp_path / "store")
     store = TrajectoryStore(store_dir)
     finished = store.expert_path(0).read_bytes()
@@ -215,7 +215,7 @@ def _store_tensors(store_dir: Path) -> dict:
 
 def test_scheduler_signal_mid_expert_keeps_finished_experts_and_resume_matches(tmp_path, cache_dir,
                                                                               capsys, monkeypatch):
-    import vldistill.experts as experts
+    import vldistill.buffer.experts as experts
 
     def args(run: str) -> list:
         return ["buffer", TINY, f"run_dir={tmp_path / run}", f"cache_dir={cache_dir}",
@@ -243,7 +243,7 @@ def test_scheduler_signal_mid_expert_keeps_finished_experts_and_resume_matches(t
 
 def test_scheduler_signal_mid_seed_keeps_finished_seeds_and_resume_matches(tmp_path, cache_dir,
                                                                           capsys, monkeypatch):
-    from vldistill import methods
+    from vldistill.evaluation import methods
 
     def args(run: str) -> list:
         return ["eval", TINY, f"run_dir={tmp_path / run}", f"cache_dir={cache_dir}",
@@ -272,8 +272,8 @@ def test_scheduler_signal_mid_seed_keeps_finished_seeds_and_resume_matches(tmp_p
 
 
 def test_expert_write_interrupted_leaves_no_expert(tmp_path, cache_dir, monkeypatch):
-    import vldistill.io as vio
-    from vldistill.trajectories import Snapshot, TrajectoryStore
+    import vldistill.runtime.io as vio
+    from vldistill.buffer.store import Snapshot, TrajectoryStore
     store = TrajectoryStore(copy_store(cache_dir, tmp_path / "store"))
     real_save = vio.save_file
 
@@ -290,7 +290,7 @@ def test_expert_write_interrupted_leaves_no_expert(tmp_path, cache_dir, monkeypa
 
 
 def test_damaged_expert_file_is_named(tmp_path, cache_dir, tiny_cfg, tiny_data):
-    from vldistill.trajectories import TrajectoryStore, store_manifest
+    from vldistill.buffer.store import TrajectoryStore, store_manifest
     from vldistill.models.student import build_student
     store = TrajectoryStore(copy_store(cache_dir, tmp_path / "store"))
     data = store.expert_path(0).read_bytes()

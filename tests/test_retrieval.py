@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from vldistill.retrieval import recall_at_k, recall_at_k_loop
+from vldistill.algorithms.retrieval import recall_at_k, recall_at_k_loop
 
 
 def _problem(seed, ties):
@@ -47,7 +47,7 @@ def test_known_value():
 def test_column_ranks_do_not_depend_on_the_chunking(ties):
     """Text->image ranks are counted over row chunks; a tie whose rows straddle a chunk
     boundary must rank exactly as in one pass (and as the loop)."""
-    from vldistill.retrieval import _column_ranks
+    from vldistill.algorithms.retrieval import _column_ranks
     g = torch.Generator().manual_seed(3)
     n_img, n_cap = 203, 611
     scores = torch.randint(0, 3, (n_img, n_cap), generator=g).float() if ties else torch.randn(n_img, n_cap, generator=g)

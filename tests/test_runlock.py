@@ -14,10 +14,10 @@ import time
 import pytest
 
 from reliability_helpers import FAST, run_cli, tiny_store
-from vldistill import runlock
-from vldistill.runlock import RunLockedError, StaleLockError
+from vldistill.runtime import runlock
+from vldistill.runtime.runlock import RunLockedError, StaleLockError
 
-HOLD = ("import sys, time; from vldistill import runlock; runlock.acquire(sys.argv[1]); "
+HOLD = ("import sys, time; from vldistill.runtime import runlock; runlock.acquire(sys.argv[1]); "
         "print('locked', flush=True); time.sleep(600)")
 
 
@@ -48,7 +48,7 @@ def test_dead_owner_is_taken_over_without_a_flag_and_logged(tmp_path, holder, ca
     run_dir = tmp_path / "run"
     holder.kill()                                      # SIGKILL: no clean-up ran
     holder.wait()
-    with caplog.at_level(logging.WARNING, logger="vldistill.runlock"):
+    with caplog.at_level(logging.WARNING, logger="vldistill.runtime.runlock"):
         lock = runlock.acquire(run_dir)
     assert runlock.lock_owner(run_dir).pid == os.getpid()
     assert f"took over the lock of pid {holder.pid}" in caplog.text and "no longer running" in caplog.text
@@ -66,7 +66,7 @@ def _plant(run_dir, **owner):
 def test_recycled_pid_is_taken_over_other_host_and_garbage_need_the_flag(tmp_path, caplog):
     # a live pid that now belongs to another process (its start time differs) is not the owner
     _plant(tmp_path / "a", pid=os.getppid(), start="1")
-    with caplog.at_level(logging.WARNING, logger="vldistill.runlock"):
+    with caplog.at_level(logging.WARNING, logger="vldistill.runtime.runlock"):
         runlock.acquire(tmp_path / "a").release()
     assert "its pid now belongs to another process" in caplog.text
     # another host cannot be checked from here: reported, taken over only on the user's word

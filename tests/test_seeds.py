@@ -2,7 +2,7 @@
 import numpy as np
 import torch
 
-from vldistill.seeds import derive_seed, seeded, stream_id
+from vldistill.runtime.seeds import derive_seed, seeded, stream_id
 
 
 def test_streams_and_keys_never_collide_where_arithmetic_seeds_did():

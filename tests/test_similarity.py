@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from vldistill.similarity import SIMILARITIES, build_similarity
+from vldistill.algorithms.similarity import SIMILARITIES, build_similarity
 
 
 @pytest.mark.parametrize("kind", SIMILARITIES.names())

@@ -7,12 +7,12 @@ import torch
 from fixtures_real import caption_pool, make_tiny_bert
 
 from vldistill.errors import MissingFileError, UnknownNameError, UserError
-from vldistill.matching import MatchOptions, tesla_match
+from vldistill.algorithms.matching import MatchOptions, tesla_match
 from vldistill.models.image_towers import create_image_tower, example_image_towers
 from vldistill.models.student import DualEncoder, FunctionalStudent
 from vldistill.models.text_towers import TEXT_TOWERS, create_text_tower
 from vldistill.models.examples import tiny_open_clip as tiny_open_clip_folder
-from vldistill.similarity import build_similarity
+from vldistill.algorithms.similarity import build_similarity
 
 
 def one_iteration(tower: torch.nn.Module, texts: torch.Tensor, image_size: int, n: int = 2):

@@ -203,9 +203,9 @@ def _booby_trapped_pickle(path: Path, folder: Path) -> Path:
 
 
 def test_sets_checkpoints_and_experts_are_never_unpickled(tmp_path):
-    from vldistill.checkpoint import read_checkpoint
-    from vldistill.trajectories import TrajectoryStore
-    from vldistill.synset import DistilledSet
+    from vldistill.distill.checkpoint import read_checkpoint
+    from vldistill.buffer.store import TrajectoryStore
+    from vldistill.algorithms.synset import DistilledSet
     path = tmp_path / "set.safetensors"
     marker = _booby_trapped_pickle(path, tmp_path)
     loaders = [lambda: DistilledSet.load(path), lambda: read_checkpoint(path, {}),

@@ -1,5 +1,5 @@
 """Command line: `vldistill COMMAND TARGET [key=value ...]`, each command a thin layer over the
-library (`vldistill.pipeline`, `vldistill.report`). `vldistill COMMAND --help` says what the
+library (`vldistill.pipeline`, `vldistill.reporting.report`). `vldistill COMMAND --help` says what the
 command reads and writes and which config sections it uses.
 
 User errors (bad config, missing files, a store made with another setup) print one line and
@@ -16,7 +16,7 @@ from typing import Callable
 
 from .config import Config
 from .errors import UserError, os_error_message
-from .io import read_json
+from .runtime.io import read_json
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
 
 def cmd_buffer(args: argparse.Namespace) -> None:
-    from . import distributed
+    from .runtime import distributed
     from .data import prepare_data
     from .pipeline import stage_buffer
     run, dataset = _open(args)
@@ -94,7 +94,7 @@ def cmd_distill(args: argparse.Namespace) -> None:
 
 def _method_of(synthetic) -> str:
     """The distilled method a saved set belongs to: its card's, else by its similarity."""
-    from .methods import METHODS, distilled_methods
+    from .evaluation.methods import METHODS, distilled_methods
     named = synthetic.card.get("method")
     if named in METHODS and named in distilled_methods():
         return named
@@ -102,12 +102,12 @@ def _method_of(synthetic) -> str:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from . import distributed
+    from .runtime import distributed
     from .data import prepare_data
-    from .methods import distilled_methods
+    from .evaluation.methods import distilled_methods
     from .pipeline import stage_eval
-    from .report import results_table
-    from .synset import DistilledSet
+    from .reporting.report import results_table
+    from .algorithms.synset import DistilledSet
     extra, overrides = _split_extra(args.overrides, ("set",))
     set_paths = None
     if "set" in extra:      # that set alone, plus the baselines only if eval.methods is given
@@ -138,7 +138,7 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 def cmd_compare(args: argparse.Namespace) -> None:
     """One markdown table over the runs' results.json (run x eval tower x method rows)."""
-    from .report import compare_table
+    from .reporting.report import compare_table
     runs = []
     for target in [args.target, *args.overrides]:
         path = Path(target) / "results.json"
@@ -157,8 +157,8 @@ def cmd_config(args: argparse.Namespace) -> None:
 
 def cmd_decode(args: argparse.Namespace) -> None:
     from .data import prepare_data
-    from .report import decoded_text
-    from .synset import DistilledSet
+    from .reporting.report import decoded_text
+    from .algorithms.synset import DistilledSet
     synthetic = DistilledSet.load(args.target)
     cfg = _set_config(Path(args.target), synthetic, args.overrides)
     data = prepare_data(cfg)
@@ -278,8 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     # nothing is downloaded: Hugging Face libraries read local folders only
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    from . import distributed, runlock     # (import torch; kept out of `--help`)
-    from .interrupts import REQUEUE_EXIT, terminate_as_interrupt
+    from .runtime import distributed, runlock     # (import torch; kept out of `--help`)
+    from .runtime.interrupts import REQUEUE_EXIT, terminate_as_interrupt
     try:
         if command.single_process and distributed.context().world_size > 1:
             raise UserError(f"`vldistill {name}` runs as one process (distill needs one GPU); "

@@ -3,7 +3,7 @@ validated `Config` with its fidelity mode resolved; omegaconf's errors become on
 `ConfigError`s with the closest valid key suggested.
 
 Registered names (datasets, towers, losses, methods) are not looked up here: that needs the
-registries, and the methods' own settings (`vldistill.methods`) are derived with `derive`, so
+registries, and the methods' own settings (`vldistill.evaluation.methods`) are derived with `derive`, so
 this module sits below them. `vldistill.configio` adds the name checks to make the public
 loaders.
 """

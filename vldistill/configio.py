@@ -15,17 +15,17 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from .augment import AUGMENTATIONS
+from .evaluation.augment import AUGMENTATIONS
 from .config import Config, ConfigError
 from .config_merge import derive, dotlist_layers, file_layer, merge
 from .data import DATASETS
-from .losses import LOSSES
-from .matching import MATCHERS
-from .methods import METHODS
+from .algorithms.losses import LOSSES
+from .algorithms.matching import MATCHERS
+from .evaluation.methods import METHODS
 from .models import IMAGE_TOWERS, TEXT_TOWERS
 from .options import option_help
 from .registry import Registry, tower_family
-from .similarity import SIMILARITIES
+from .algorithms.similarity import SIMILARITIES
 
 RENAMED_METHODS = {"baseline": "lors-identity"}     # old name -> new name, refused with a hint
 

@@ -42,7 +42,7 @@ class NonFiniteError(UserError):
 
 class WriteError(UserError):
     """A file could not be written (disk full, no permission, ...); the previous version of it,
-    if any, is intact (`vldistill.io` writes atomically)."""
+    if any, is intact (`vldistill.runtime.io` writes atomically)."""
 
 
 _HINTS = {

@@ -2,8 +2,8 @@
 
 `reference` makes a run behave as the authors' scripts do (LoRS_Distill at 8a712af for LoRS
 and its evaluation; multimodal_dataset_distillation for VL-distill and RepBlend for RepBlend,
-whose own differences are their methods' settings, `vldistill.methods`, `vldistill.repblend`);
-`vldistill` is this project's choice.
+whose own differences are their methods' settings, `vldistill.evaluation.methods`,
+`vldistill.algorithms.repblend`); `vldistill` is this project's choice.
 Each difference is a config key whose default is null: `resolve(cfg)` (called by the loaders,
 `vldistill.config_merge`) fills a null key from the run's mode, and a value the config gives
 explicitly always wins. config.yaml records the resolved values, so a run directory says

@@ -6,22 +6,22 @@ import logging
 from dataclasses import asdict
 from pathlib import Path
 
-from . import distributed
-from .ceilings import split_ceilings
+from .runtime import distributed
+from .evaluation.ceilings import split_ceilings
 from .config import Config
 from .data import CaptionDataset, PreparedData, prepare_data
-from .distill import run_distill
-from .figures import read_metrics
-from .html_report import ReportInputs, write_report
-from .io import append_jsonl, read_json, write_json
-from .methods import EvalContext, distilled_methods, evaluate_all, method_config
-from .report import card_captions, results_table
-from .results import card_metrics, merge_results, results_record
-from .seedlog import SeedLog
+from .distill.stage import run_distill
+from .reporting.figures import read_metrics
+from .reporting.html_report import ReportInputs, write_report
+from .runtime.io import append_jsonl, read_json, write_json
+from .evaluation.methods import EvalContext, distilled_methods, evaluate_all, method_config
+from .reporting.report import card_captions, results_table
+from .evaluation.results import card_metrics, merge_results, results_record
+from .evaluation.seedlog import SeedLog
 from .rundir import Run
-from .synset import DistilledSet, update_card
-from .experts import run_buffer
-from .trajectories import TrajectoryStore
+from .algorithms.synset import DistilledSet, update_card
+from .buffer.experts import run_buffer
+from .buffer.store import TrajectoryStore
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def stage_buffer(run: Run, data: PreparedData) -> TrajectoryStore:
 
 def stage_distill(run: Run, data: PreparedData, methods: list[str] | None = None) -> dict[str, DistilledSet]:
     """Distill every distilled method the config asks for (resuming finished ones from disk),
-    each under its own settings (`vldistill.methods.method_config`)."""
+    each under its own settings (`vldistill.evaluation.methods.method_config`)."""
     sets = {}
     for method in methods or distilled_methods(run.cfg.eval.methods):
         path = run.set_path(method)

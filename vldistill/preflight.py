@@ -6,10 +6,10 @@ run directory. It builds the dataset (its index and checks, `vldistill.data.chec
 trains) and checks:
 
 - the method lists of every evaluation tower against the sets the run produces, and the
-  settings each distilled method derives (`vldistill.methods.method_config`);
+  settings each distilled method derives (`vldistill.evaluation.methods.method_config`);
 - budgets against split sizes (`distill.n_pairs`, each `sweep.n_pairs`), expert batches
   against an epoch, every training batch against batch norm (`vldistill.models.batchnorm`);
-- the distillation's memory estimate (`vldistill.memory`) on the device;
+- the distillation's memory estimate (`vldistill.distill.memory`) on the device;
 - that run_dir, cache_dir and the trajectory stores can be written, and that every file a
   later stage reads is there (weights, text tower, the stores `distill` reads, the sets
   `eval` reads).
@@ -27,16 +27,16 @@ from pathlib import Path
 
 import torch
 
-from . import distributed, runlock
+from .runtime import distributed, runlock
 from .config import Config
 from .data import CaptionDataset, build_dataset
 from .data.checks import DataCheckError
 from .data.text_cache import cached_dim, default_cache_dir
-from .environment import resolve_device
+from .runtime.environment import resolve_device
 from .errors import ProblemsError, UserError
-from .evaluate import eval_towers
-from .memory import check_distill_fits
-from .methods import METHODS, distilled_methods, method_config
+from .evaluation.evaluate import eval_towers
+from .distill.memory import check_distill_fits
+from .evaluation.methods import METHODS, distilled_methods, method_config
 from .models.batchnorm import batch_problems, batchnorm_positions
 from .models.pretrained import IMAGENET
 from .models.student import build_student

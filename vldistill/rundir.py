@@ -2,7 +2,7 @@
 
     RUN_DIR/config.yaml                   the resolved config     RUN_DIR/environment.json
     RUN_DIR/metrics.jsonl                 one record per iteration / evaluation
-    RUN_DIR/log.txt, RUN_DIR/run.lock     the log; who writes the run now (`vldistill.runlock`)
+    RUN_DIR/log.txt, RUN_DIR/run.lock     the log; who writes the run now (`vldistill.runtime.runlock`)
     RUN_DIR/buffer/                       trajectory store (or buffer.dir)
     RUN_DIR/set.{safetensors,json}        the `lors` set
     RUN_DIR/METHOD/set.{safetensors,json} every other distilled method's set
@@ -16,12 +16,12 @@ from pathlib import Path
 
 import torch
 
-from . import distributed, runlock
+from .runtime import distributed, runlock
 from .config import Config
 from .config_merge import to_yaml
-from .environment import environment, log_to, resolve_device, use_deterministic
-from .io import write_json, write_text
-from .trajectories import TrajectoryStore
+from .runtime.environment import environment, log_to, resolve_device, use_deterministic
+from .runtime.io import write_json, write_text
+from .buffer.store import TrajectoryStore
 
 
 @dataclass
@@ -50,7 +50,7 @@ class Run:
 def open_run(cfg: Config, force_unlock: bool = False) -> Run:
     """Lock and create the run directory, record the config and environment, set threads,
     determinism and logging. `force_unlock` takes over a lock whose owner cannot be proved
-    gone (`vldistill.runlock`)."""
+    gone (`vldistill.runtime.runlock`)."""
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.threads:

@@ -23,9 +23,9 @@ from .config_merge import to_yaml
 from .configio import with_overrides
 from .data import CaptionDataset
 from .errors import UserError
-from .figures import save_sweep_plot
-from .io import read_json, write_json, write_text
-from .answer import sweep_answer, sweep_table
+from .reporting.figures import save_sweep_plot
+from .runtime.io import read_json, write_json, write_text
+from .reporting.answer import sweep_answer, sweep_table
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ import torch
 
 from ..config import ACCEPTABLE_DATA_CHECKS as ACCEPTABLE
 from ..errors import ProblemsError
-from ..io import write_text
+from ..runtime.io import write_text
 from .splits import CaptionDataset, CaptionSplit
 
 log = logging.getLogger(__name__)

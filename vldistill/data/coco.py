@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TYPE_CHECKING
 
 from ..errors import UserError
-from ..io import write_json
+from ..runtime.io import write_json
 from .examples import example_captions, write_images
 from .registry import DATASETS
 from .records import SPLITS, ImageCaptions, annotation_path, build_caption_dataset, image_root

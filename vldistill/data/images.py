@@ -32,7 +32,7 @@ from safetensors import safe_open
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from ..io import write_tensors
+from ..runtime.io import write_tensors
 from .stores import BadImageError, EncodedImages, bad_image_message, source_name
 
 if TYPE_CHECKING:

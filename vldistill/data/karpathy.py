@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import UserError
-from ..io import write_json
+from ..runtime.io import write_json
 from .examples import example_captions, write_images
 from .registry import DATASETS
 from .records import SPLITS, ImageCaptions, annotation_path, build_caption_dataset, group_by_image, image_root

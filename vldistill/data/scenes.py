@@ -5,7 +5,7 @@ background. `render` draws the pixels and reports each background's mean colour,
 `background_name` ("dark teal"). A caption's meaning is a `Claim`: object patterns that must
 fit distinct objects of the scene (an attribute left out is a wildcard), whether the scene may
 hold other objects, and the background. `truth_matrix` evaluates every claim against every
-scene, which is how the embedded datasets know their truth (`vldistill.ceilings`).
+scene, which is how the embedded datasets know their truth (`vldistill.evaluation.ceilings`).
 """
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Callable, NamedTuple
 import numpy as np
 import torch
 
-from ..io import read_tensors, write_tensors
+from ..runtime.io import read_tensors, write_tensors
 from .registry import DATASETS
 from .scenes import (ATTRIBUTES, BACKGROUNDS, COLOURS, POSITIONS, SHAPES, ClaimKind, Scenes,
                      render, sample_objects, truth_matrix)

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ..errors import MissingFileError, UserError
-from ..io import read_json, write_text
+from ..runtime.io import read_json, write_text
 from .examples import example_captions, write_images
 from .records import ImageCaptions, build_caption_dataset, image_root, three_splits
 from .registry import DATASETS

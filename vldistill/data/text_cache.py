@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from ..io import read_tensors, write_tensors
+from ..runtime.io import read_tensors, write_tensors
 from ..models.text_towers import TextTower
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..seeds import seeded
+from ..runtime.seeds import seeded
 
 # single characters and their word-piece continuations: any lower-case word has tokens
 _CHARACTERS = [*string.ascii_lowercase, *string.digits]

@@ -105,7 +105,7 @@ class ConvNetOptions:
 def _convnet(arg: str, image_size: int, pretrained_path: str | None, *, width: int, depth: int) -> nn.Module:
     tower = ConvNet(image_size, width=width, depth=depth)
     if pretrained_path:
-        from ..io import read_tensors
+        from ..runtime.io import read_tensors
         try:
             state = read_tensors(Path(pretrained_path).expanduser())
         except UserError as err:

@@ -28,7 +28,7 @@ from typing import Mapping
 import torch
 
 from ..errors import UserError
-from ..io import write_tensors
+from ..runtime.io import write_tensors
 
 log = logging.getLogger(__name__)
 

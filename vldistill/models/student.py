@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from ..seeds import seeded
+from ..runtime.seeds import seeded
 from ..registry import tower_family
 from .image_towers import create_image_tower
 
@@ -89,7 +89,7 @@ class DualEncoder(nn.Module):
     in eval mode (batch norm on its running statistics whatever `batchnorm` says), a fixed
     function B; a trainable `image_head` at its width follows. Inputs of
     shape (b, d) are then taken to be B's features already (the real-image feature cache,
-    `vldistill.repblend`) and go straight to the head. Blending (`forward(blend=...)`) is
+    `vldistill.algorithms.repblend`) and go straight to the head. Blending (`forward(blend=...)`) is
     what distillation's functional student asks for (`FunctionalStudent`); training the
     module itself (experts, evaluation) never blends.
     """
@@ -103,7 +103,7 @@ class DualEncoder(nn.Module):
         self.text_head = ProjectionHead(text_dim, width, dropout)
         self.logit_scale = 1.0 / temperature
         self.batchnorm = "frozen" if frozen_backbone else batchnorm
-        self.autocast_dtype: torch.dtype | None = None     # bf16 towers: see vldistill.accel
+        self.autocast_dtype: torch.dtype | None = None     # bf16 towers: see vldistill.models.accel
         self.train()
 
     @property

@@ -2,8 +2,8 @@
 
 Each expert is a fresh student trained with plain InfoNCE and SGD; after every epoch its
 image tower (phi; the image head over a frozen backbone) and text head (psi) are snapshotted
-as flat vectors into the trajectory store (`vldistill.trajectories`). Over a frozen backbone
-the experts read its cached features of the real images (`vldistill.repblend`) unless
+as flat vectors into the trajectory store (`vldistill.buffer.store`). Over a frozen backbone
+the experts read its cached features of the real images (`vldistill.algorithms.repblend`) unless
 buffer.backbone_per_batch. Only the epochs that distillation can read
 (0 .. max_start_epoch - 1 + expert_epochs) are kept unless `buffer.store_all_epochs`. A
 restarted buffer skips the experts already stored. With torchrun, each rank trains its share.
@@ -16,16 +16,17 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from . import __version__, distributed
-from .accel import prepare_student
-from .config import Config
-from .data import PreparedData
-from .errors import UserError
-from .models.student import FunctionalStudent, build_student
-from .repblend import real_data_for
-from .seeds import derive_seed
-from .training import retrieval_metrics, sgd_for_student, train_epoch_on_pairs
-from .trajectories import Snapshot, TrajectoryStore, epochs_to_keep, expert_recipe, store_manifest
+from .. import __version__
+from ..runtime import distributed
+from ..models.accel import prepare_student
+from ..config import Config
+from ..data import PreparedData
+from ..errors import UserError
+from ..models.student import FunctionalStudent, build_student
+from ..algorithms.repblend import real_data_for
+from ..runtime.seeds import derive_seed
+from ..algorithms.training import retrieval_metrics, sgd_for_student, train_epoch_on_pairs
+from .store import Snapshot, TrajectoryStore, epochs_to_keep, expert_recipe, store_manifest
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """The trajectory store: expert parameter snapshots per epoch, with a manifest that says what
-made them. Written by the buffer stage (`vldistill.experts`), read by distillation and by the
+made them. Written by the buffer stage (`vldistill.buffer.experts`), read by distillation and by the
 coresets (which embed the data with a stored expert).
 
     manifest.json            towers, parameter layout, dims, dataset fingerprint, version
@@ -19,16 +19,16 @@ from typing import TYPE_CHECKING
 import torch
 from safetensors import SafetensorError, safe_open
 
-from . import __version__
-from .errors import MissingFileError, UserError
-from .io import read_json, write_json, write_tensors
-from .models.image_towers import IMAGE_TOWERS
-from .models.student import DualEncoder, FunctionalStudent
-from .registry import tower_family
+from .. import __version__
+from ..errors import MissingFileError, UserError
+from ..runtime.io import read_json, write_json, write_tensors
+from ..models.image_towers import IMAGE_TOWERS
+from ..models.student import DualEncoder, FunctionalStudent
+from ..registry import tower_family
 
 if TYPE_CHECKING:
-    from .config import Config
-    from .data import PreparedData
+    from ..config import Config
+    from ..data import PreparedData
 
 log = logging.getLogger(__name__)
 

@@ -2,8 +2,8 @@
 the run directory already holds, and each set's share of them for its card."""
 from __future__ import annotations
 
-from .config import Config
-from .errors import UserError
+from ..config import Config
+from ..errors import UserError
 
 
 def results_record(cfg: Config, dataset: str, n_pairs: int, body: dict, image_towers: set[str],
@@ -11,7 +11,7 @@ def results_record(cfg: Config, dataset: str, n_pairs: int, body: dict, image_to
     """results.json of one evaluation: the contract's keys, the methods and towers (`body`), and
     the evaluation settings; `image_towers` are the towers the evaluated sets were distilled on;
     `ceilings` the test split's exact `oracle` (datasets that know their truth) and `chance`
-    (`vldistill.ceilings.split_ceilings`)."""
+    (`vldistill.evaluation.ceilings.split_ceilings`)."""
     return {"dataset": dataset, "n_pairs": n_pairs, **body, **({"ceilings": ceilings} if ceilings else {}),
             "eval": {"selection": cfg.eval.selection, "num_eval": cfg.eval.num_eval,
                      "epochs": cfg.eval.epochs, "lr": cfg.eval.lr, "augment": cfg.eval.augment,

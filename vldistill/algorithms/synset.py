@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .errors import MissingFileError, UserError
-from .io import read_tensors, write_json, write_tensors
+from ..errors import MissingFileError, UserError
+from ..runtime.io import read_tensors, write_json, write_tensors
 from .similarity import Similarity, similarity_from_state
 
 if TYPE_CHECKING:
-    from .data import PreparedData
+    from ..data import PreparedData
 
 SET_FORMAT = 1
 

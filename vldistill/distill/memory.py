@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from .errors import UserError
+from ..errors import UserError
 
 if TYPE_CHECKING:
-    from .config import Config
+    from ..config import Config
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +133,8 @@ def check_distill_fits(cfg: "Config", image_size: int, text_dim: int,
     """Estimate a distillation of this config (student and similarity built on the meta
     device: no memory) and refuse it when it cannot fit; None when no estimate can be made."""
     d = cfg.distill
-    from .models.student import build_student
-    from .similarity import configured_similarity
+    from ..models.student import build_student
+    from ..algorithms.similarity import configured_similarity
     try:
         with torch.device("meta"):
             model = build_student(dataclasses.replace(cfg.model, pretrained_path=None), image_size, text_dim)

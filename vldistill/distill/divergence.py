@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserError
+from ..errors import UserError
 
 WATCHED = ("loss", "images", "texts")
 _WHAT = {"loss": "the matching loss", "images": "the synthetic images' RMS",

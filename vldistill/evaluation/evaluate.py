@@ -1,5 +1,5 @@
 """Training fresh students on a set (or on all the data) and scoring them: one seed of an
-evaluation. Which sets are evaluated, and how seeds are summarized, is `vldistill.methods`.
+evaluation. Which sets are evaluated, and how seeds are summarized, is `vldistill.evaluation.methods`.
 
 For a distilled set this is the paper's Algorithm 2: a fresh student trains on (X, Y, S) with
 the set's lrs (or `eval.lr`), SGD momentum 0.9, weight decay 5e-4, lr x0.1 at half the epochs.
@@ -11,7 +11,7 @@ Towers: every method is evaluated on the tower the set was distilled with (`mode
 the `eval.*` recipe) and on each of `eval.towers` with its own recipe (cross-architecture).
 A tower with a frozen backbone (RepBlend) trains only the two heads, on the backbone's
 features: the set's computed once per student, the scored splits' read from the feature
-cache (`vldistill.repblend`); `eval.towers.*.frozen_backbone: false` evaluates a RepBlend set
+cache (`vldistill.algorithms.repblend`); `eval.towers.*.frozen_backbone: false` evaluates a RepBlend set
 under LoRS's protocol instead (the whole tower fine-tuned, no image head).
 """
 from __future__ import annotations
@@ -23,19 +23,19 @@ from pathlib import Path
 
 import torch
 
-from .accel import prepare_student
+from ..models.accel import prepare_student
 from .augment import augment
-from .config import Config
-from .data import PreparedData
-from .errors import MissingFileError, UserError
-from .models.pretrained import IMAGENET
-from .models.student import DualEncoder, build_student
-from .registry import tower_family
-from .repblend import real_data_for, set_inputs
-from .seeds import derive_seed, seeded
-from .synset import DistilledSet
-from .similarity import IdentitySimilarity
-from .training import contrastive_step, retrieval_metrics, sgd_for_student, train_epoch_on_pairs
+from ..config import Config
+from ..data import PreparedData
+from ..errors import MissingFileError, UserError
+from ..models.pretrained import IMAGENET
+from ..models.student import DualEncoder, build_student
+from ..registry import tower_family
+from ..algorithms.repblend import real_data_for, set_inputs
+from ..runtime.seeds import derive_seed, seeded
+from ..algorithms.synset import DistilledSet
+from ..algorithms.similarity import IdentitySimilarity
+from ..algorithms.training import contrastive_step, retrieval_metrics, sgd_for_student, train_epoch_on_pairs
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def lr_policy_of(cfg: Config, tower_lr: float | None = None) -> tuple[str, float
 
     `fixed`: one lr for every set (eval.lr, else buffer.lr_teacher); `authors`: each set's own
     lrs (learned for distilled sets, buffer.lr_teacher for real pairs: the published protocol);
-    `tuned`: picked per set on val from eval.lr_grid (`vldistill.methods`). Null: fixed when
+    `tuned`: picked per set on val from eval.lr_grid (`vldistill.evaluation.methods`). Null: fixed when
     eval.lr is given, else authors. A tower with its own lr is fixed at it.
     """
     e = cfg.eval

@@ -3,9 +3,9 @@
 A checkpoint is `checkpoints/METHOD.safetensors` (the authority) plus `METHOD.json` (the same
 summary for people). The tensors are the `Distiller`'s state -- set values, optimizer
 momentum, EMA, its generator, counters, the best-so-far set. Distillation draws every random
-number from its own generator (dropout from per-step seeds drawn from it, `vldistill.seeds`),
+number from its own generator (dropout from per-step seeds drawn from it, `vldistill.runtime.seeds`),
 never from the process-wide ones, so that generator's state is all a resumed run needs. Both files are written atomically
-(`vldistill.io`): until the new file is complete the previous checkpoint is what is on disk.
+(`vldistill.runtime.io`): until the new file is complete the previous checkpoint is what is on disk.
 
 A checkpoint is never written with a NaN or inf in it: `write_checkpoint` checks first and
 raises `NonFiniteError`, leaving the last good one in place. On load, the setup it was made
@@ -28,8 +28,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import NonFiniteError, UserError
-from .io import read_tensors_and_metadata, write_json, write_tensors
+from ..errors import NonFiniteError, UserError
+from ..runtime.io import read_tensors_and_metadata, write_json, write_tensors
 
 CHECKPOINT_FORMAT = 2          # 2: no process-wide RNG states (nothing in distill draws from them)
 _UNCHECKED = ("best.window",)       # holds inf before the first window closes, by design

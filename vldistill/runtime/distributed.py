@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from .errors import UserError
+from ..errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .answer import verdict
-from .neighbours import knn
+from ..algorithms.neighbours import knn
 
 COLUMNS = (("IR@1", "img_r1"), ("IR@5", "img_r5"), ("IR@10", "img_r10"),
            ("TR@1", "txt_r1"), ("TR@5", "txt_r5"), ("TR@10", "txt_r10"))
@@ -49,7 +49,7 @@ Table = tuple[list[str], list[list[str]]]       # header, rows of cells
 
 def _ordered(methods: dict) -> list[str]:
     """Registered methods in registration order, then any others (an older run's) by name."""
-    from .methods import METHODS
+    from ..evaluation.methods import METHODS
     known = [m for m in METHODS.names() if m in methods]
     return known + sorted(m for m in methods if m not in known)
 

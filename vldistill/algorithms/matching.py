@@ -35,9 +35,9 @@ from typing import Callable
 import torch
 
 from .losses import soft_contrastive_loss
-from .models.student import FunctionalStudent
-from .registry import Registry
-from .seeds import seeded
+from ..models.student import FunctionalStudent
+from ..registry import Registry
+from ..runtime.seeds import seeded
 from .similarity import Similarity
 
 
@@ -99,7 +99,7 @@ def _step_gradients(student: FunctionalStudent, position: list[torch.Tensor], x:
 class MatchOptions:
     """How an iteration matches (the same for every iteration of a run)."""
 
-    loss: str = "infonce"           # the student steps' contrastive loss (`vldistill.losses`)
+    loss: str = "infonce"           # the student steps' contrastive loss (`vldistill.algorithms.losses`)
     loss_eps: float = 0.0           # that loss's eps (0: exact)
     merge_branches: bool = False    # one ratio with summed numerators and denominators
     lr_grad: str = "exact"          # exact: d(matching loss)/d(lr) | branch: each lr from its own

@@ -8,7 +8,7 @@ Two kinds, each one registered function:
 - a *distilled* method registers the settings its set is distilled and evaluated with,
   `fn(cfg) -> Config` (`@register_distilled`): `lors` (the config as given), `lors-identity`
   (LoRS's pipeline with S = I), `vl-distill` (VL-distill's own algorithm and evaluation),
-  `repblend` and `repblend-noblend` (`vldistill.repblend`: frozen backbone, heads only). The
+  `repblend` and `repblend-noblend` (`vldistill.algorithms.repblend`: frozen backbone, heads only). The
   distill stage makes one set per distilled method under its settings; its evaluation trains
   students on that set (Algorithm 2, `train_on_set`).
 
@@ -30,19 +30,19 @@ from typing import Callable
 
 import torch
 
-from . import distributed
-from .config import Config
-from .config_merge import derive
-from .data import PreparedData
-from .errors import UserError
+from ..runtime import distributed
+from ..config import Config
+from ..config_merge import derive
+from ..data import PreparedData
+from ..errors import UserError
 from .evaluate import (SELECTION_LABELS, EvalTower, SeedResult, eval_towers, random_pairs,
                        train_on_full, train_on_set)
-from .registry import Registry
-from .retrieval import METRICS
+from ..registry import Registry
+from ..algorithms.retrieval import METRICS
 from .seedlog import SeedLog, settings_key
-from .seeds import derive_seed
-from .synset import DistilledSet
-from .trajectories import TrajectoryStore
+from ..runtime.seeds import derive_seed
+from ..algorithms.synset import DistilledSet
+from ..buffer.store import TrajectoryStore
 
 log = logging.getLogger(__name__)
 
@@ -301,7 +301,7 @@ def evaluate_all(ctx: EvalContext) -> dict:
 
 
 # RepBlend's two methods live with the rest of RepBlend
-from .repblend import repblend, repblend_noblend  # noqa: E402
+from ..algorithms.repblend import repblend, repblend_noblend  # noqa: E402
 
 register_distilled("repblend")(repblend)
 register_distilled("repblend-noblend")(repblend_noblend)

@@ -15,7 +15,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .errors import MissingFileError, UserError, WriteError, os_error_message
+from ..errors import MissingFileError, UserError, WriteError, os_error_message
 
 
 def _umask() -> int:

@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .registry import Registry
+from ..registry import Registry
 
 Augmentation = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 AUGMENTATIONS: Registry[Augmentation] = Registry("augmentation")

@@ -12,12 +12,12 @@ from typing import Callable, Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .data.splits import CaptionSplit, ordered_batches
-from .errors import NonFiniteError
+from ..data.splits import CaptionSplit, ordered_batches
+from ..errors import NonFiniteError
 from .losses import soft_contrastive_loss
-from .models.student import DualEncoder
+from ..models.student import DualEncoder
 from .retrieval import recall_at_k
-from .seeds import seeded
+from ..runtime.seeds import seeded
 
 
 class _PairBatches(Dataset):

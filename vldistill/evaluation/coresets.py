@@ -12,7 +12,7 @@ trajectory store (`eval.coreset_expert`), in the space `eval.coreset_space`:
 Each selected image is paired with the one of its captions that the expert scores highest
 (selection picks pairs, so it also picks the caption); the set has the identity similarity and
 trains with the expert's lr, like `random`. Both selections run greedy 1-NN searches through
-`vldistill.neighbours` (faiss by default).
+`vldistill.algorithms.neighbours` (faiss by default).
 """
 from __future__ import annotations
 
@@ -24,16 +24,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import Config
-from .data import PreparedData
-from .data.splits import ordered_batches
-from .errors import UnknownNameError, UserError
-from .trajectories import TrajectoryStore, store_manifest
-from .models.student import DualEncoder, FunctionalStudent, build_student
-from .neighbours import NeighbourIndex, knn
-from .similarity import IdentitySimilarity
-from .synset import DistilledSet
-from .training import embed_split
+from ..config import Config
+from ..data import PreparedData
+from ..data.splits import ordered_batches
+from ..errors import UnknownNameError, UserError
+from ..buffer.store import TrajectoryStore, store_manifest
+from ..models.student import DualEncoder, FunctionalStudent, build_student
+from ..algorithms.neighbours import NeighbourIndex, knn
+from ..algorithms.similarity import IdentitySimilarity
+from ..algorithms.synset import DistilledSet
+from ..algorithms.training import embed_split
 
 log = logging.getLogger(__name__)
 

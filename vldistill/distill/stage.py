@@ -2,15 +2,15 @@
 expert trajectories (LoRS on bi-trajectory matching, TESLA gradients).
 
 Each iteration picks an expert and a start epoch s, takes T student steps on the synthetic
-set from snapshot s and compares the result with snapshot s + M (`vldistill.matching`);
+set from snapshot s and compares the result with snapshot s + M (`vldistill.algorithms.matching`);
 SGD with momentum then updates the images, text embeddings, similarity parameters and lrs.
 All randomness of the stage comes from one generator whose state is checkpointed, so a
-resumed run continues exactly where the interrupted one was (`vldistill.checkpoint`).
+resumed run continues exactly where the interrupted one was (`vldistill.distill.checkpoint`).
 
 Faults: an iteration whose matching loss or any gradient (images, texts, similarity, lrs) is
 not finite is skipped before the update and counted; `max_bad_steps` in a row stop the run
 with `NonFiniteError`, the last good checkpoint kept. A run that grows past `max_growth`
-while staying finite stops with `DivergedError` (`vldistill.divergence`), its last good set
+while staying finite stops with `DivergedError` (`vldistill.distill.divergence`), its last good set
 saved as SET_last_good. An lr update that would make a learned
 lr non-finite, zero (log underflow) or above `max_lr` is undone and reported; a linear lr is
 clamped at `min_lr`. No periodic checkpoint is written while the latest iteration was skipped,
@@ -27,23 +27,23 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from . import seeds
+from ..runtime import seeds
 from .checkpoint import BestSoFar, read_checkpoint, write_checkpoint
-from .config import Config
-from .coresets import coreset_pairs
-from .data import PreparedData
+from ..config import Config
+from ..evaluation.coresets import coreset_pairs
+from ..data import PreparedData
 from .divergence import DivergedError, GrowthGuard, rms, save_last_good
-from .errors import NonFiniteError, UserError
-from .evaluate import probe_set
-from .trajectories import TrajectoryStore, store_manifest, warn_if_other_recipe
-from .interrupts import deferred_interrupts
-from .io import append_jsonl, remove_leftover_temps
-from .matching import MATCHERS, MatchOptions, sample_batches
+from ..errors import NonFiniteError, UserError
+from ..evaluation.evaluate import probe_set
+from ..buffer.store import TrajectoryStore, store_manifest, warn_if_other_recipe
+from ..runtime.interrupts import deferred_interrupts
+from ..runtime.io import append_jsonl, remove_leftover_temps
+from ..algorithms.matching import MATCHERS, MatchOptions, sample_batches
 from .memory import check_distill_fits
-from .models.batchnorm import check_batchnorm
-from .models.student import FunctionalStudent, build_student
-from .similarity import configured_similarity
-from .synset import DistilledSet
+from ..models.batchnorm import check_batchnorm
+from ..models.student import FunctionalStudent, build_student
+from ..algorithms.similarity import configured_similarity
+from ..algorithms.synset import DistilledSet
 
 log = logging.getLogger(__name__)
 
@@ -318,8 +318,8 @@ def run_distill(cfg: Config, data: PreparedData, store: TrajectoryStore, set_pat
                 method: str = "lors") -> DistilledSet:
     """Distill (resuming from `checkpoint_path` when it exists and distill.resume is set).
 
-    Also writes the best-so-far set (`vldistill.checkpoint.BestSoFar`) next to the final one,
-    as SET_best.{safetensors,json}. Call it only while holding the run lock (`vldistill.runlock`).
+    Also writes the best-so-far set (`vldistill.distill.checkpoint.BestSoFar`) next to the final one,
+    as SET_best.{safetensors,json}. Call it only while holding the run lock (`vldistill.runtime.runlock`).
     """
     check_distill_fits(cfg, data.dataset.image_size, data.text_dim, device)   # logs; refuses
     distiller = Distiller(cfg, data, store, device, method)
@@ -383,7 +383,7 @@ def run_distill(cfg: Config, data: PreparedData, store: TrajectoryStore, set_pat
 
 def _evaluate_during(distiller: Distiller, card: dict, data: PreparedData, metrics_path: Path) -> None:
     """distill.eval_every > 0: the distillation curve, from the set's start (iteration 0) on. Each
-    point is `vldistill.evaluate.probe_set`'s fixed protocol (one student, the same seed at every
+    point is `vldistill.evaluation.evaluate.probe_set`'s fixed protocol (one student, the same seed at every
     point, distill.eval_epochs epochs, val split): logged with its protocol, never selected on."""
     every = distiller.d.eval_every
     if not every or distiller.iteration % every:

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import torch
 
-from . import __version__, distributed
-from .errors import UserError
+from .. import __version__
+from . import distributed
+from ..errors import UserError
 
 _RECORDED_PACKAGES = ("numpy", "torchvision", "timm", "open_clip_torch", "transformers",
                       "sentence-transformers", "safetensors", "omegaconf", "faiss-cpu", "pillow",

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from .config import Config
+from ..config import Config
 from .evaluate import SeedResult
-from .io import append_jsonl
-from .synset import DistilledSet
+from ..runtime.io import append_jsonl
+from ..algorithms.synset import DistilledSet
 
 _NOT_RESULTS = ("run_dir", "cache_dir")         # settings that never change a number
 

@@ -15,7 +15,7 @@ import logging
 import torch
 from torch import nn
 
-from .models.student import DualEncoder
+from .student import DualEncoder
 
 log = logging.getLogger(__name__)
 

@@ -23,10 +23,10 @@ import torch
 
 from .figures import (denormalize, save_image_grid, save_pair_panel, save_similarity_heatmap,
                       save_training_curves)
-from .io import write_text
+from ..runtime.io import write_text
 from .report import (LEGEND, SetInspection, inspect_set, method_rows, results_notes, results_title,
                      tower_settings, transfer_rows)
-from .synset import DistilledSet
+from ..algorithms.synset import DistilledSet
 
 
 @dataclass(kw_only=True)
@@ -90,7 +90,7 @@ def _set_context(method: str, synthetic: DistilledSet, inspection: SetInspection
 def render_page(context: dict) -> str:
     """report.html from its template, every value escaped."""
     from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
-    env = Environment(loader=PackageLoader("vldistill", "templates"),
+    env = Environment(loader=PackageLoader("vldistill.reporting", "templates"),
                       autoescape=select_autoescape(["j2", "html"], default_for_string=True),
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     return env.get_template("report.html.j2").render(context)

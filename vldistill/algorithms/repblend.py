@@ -15,7 +15,7 @@ What it changes, and where vldistill has it:
 Here: the real-image feature cache (the frozen backbone runs once per image, so head-only
 experts and evaluation never run it per batch; `buffer.backbone_per_batch` runs it per
 augmented batch as the reference's experts do), and the two distilled methods `repblend` and
-`repblend-noblend` (registered in `vldistill.methods`).
+`repblend-noblend` (registered in `vldistill.evaluation.methods`).
 """
 from __future__ import annotations
 
@@ -27,13 +27,13 @@ from pathlib import Path
 
 import torch
 
-from .config import Config
-from .config_merge import derive
-from .data import PreparedData
-from .data.splits import CaptionDataset, CaptionSplit, ordered_batches
-from .data.text_cache import default_cache_dir
-from .io import read_tensors, write_tensors
-from .models.student import DualEncoder
+from ..config import Config
+from ..config_merge import derive
+from ..data import PreparedData
+from ..data.splits import CaptionDataset, CaptionSplit, ordered_batches
+from ..data.text_cache import default_cache_dir
+from ..runtime.io import read_tensors, write_tensors
+from ..models.student import DualEncoder
 
 log = logging.getLogger(__name__)
 

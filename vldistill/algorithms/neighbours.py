@@ -21,8 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import UnknownNameError
-from .registry import Registry
+from ..errors import UnknownNameError
+from ..registry import Registry
 
 METRICS = ("cosine", "l2")
 

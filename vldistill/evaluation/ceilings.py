@@ -1,7 +1,7 @@
 """Known ceilings of Recall@K on a split: what a perfect ranker and what random scores get.
 
 Computed exactly (closed form over rationals, no sampling), with the metric keys of
-`vldistill.retrieval.recall_at_k` (percent; img_* = text->image, txt_* = image->text).
+`vldistill.algorithms.retrieval.recall_at_k` (percent; img_* = text->image, txt_* = image->text).
 
 - `oracle`: a ranker that scores an (image, caption) pair 1 if the caption is true of the image
   and 0 otherwise (the split's truth, `CaptionSplit.truth`), ties broken uniformly at random.
@@ -18,8 +18,8 @@ from typing import Sequence
 
 import torch
 
-from .data.splits import CaptionSplit
-from .retrieval import METRICS
+from ..data.splits import CaptionSplit
+from ..algorithms.retrieval import METRICS
 
 KS = (1, 5, 10)
 
