@@ -124,3 +124,16 @@ def test_cli_releases_the_lock_after_an_error(tmp_path, cache_dir, capsys):
                         f"buffer.dir={tiny_store(cache_dir)}", "eval.methods=[lors]", "model.image_tower_args.convnet.width=16", *FAST)
     assert code == 2 and 'was made with image_tower_args={"width": 8, "depth": 2}, this run has image_tower_args={"width": 16' in err
     assert (run_dir / "config.yaml").is_file() and runlock.lock_owner(run_dir) is None
+
+
+def test_only_rank_0_of_a_torchrun_job_asks_whether_the_run_dir_is_in_use(tmp_path, holder, monkeypatch):
+    """Rank 0 takes the lock; the other ranks' pre-flight must not refuse over it (the lock of
+    their own job's rank 0 looks like any live owner)."""
+    from vldistill.configio import load_config
+    from vldistill.preflight import _folders
+    cfg = load_config("configs/tiny.yaml", [f"run_dir={tmp_path / 'run'}", f"cache_dir={tmp_path / 'cache'}"])
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    assert [p.key for p in _folders(cfg, "eval")] == ["run_dir"]
+    monkeypatch.setenv("RANK", "1")
+    assert _folders(cfg, "eval") == []

@@ -90,7 +90,9 @@ def _folders(cfg: Config, command: str) -> list[Problem]:
             folders.setdefault(f"buffer.dir ({store})" if m else "buffer.dir", store)
     problems = [Problem(key.split(" ")[0], why) for key, path in folders.items()
                 if (why := unwritable(path.expanduser()))]
-    if Path(cfg.run_dir).is_dir() and (busy := runlock.in_use(cfg.run_dir)):
+    # only rank 0 takes the run lock, so only it asks: the other ranks of a torchrun job would
+    # otherwise find rank 0's lock from the same job and refuse
+    if distributed.context().is_main and Path(cfg.run_dir).is_dir() and (busy := runlock.in_use(cfg.run_dir)):
         problems.append(Problem("run_dir", busy))
     return problems
 
